@@ -1,0 +1,3 @@
+//! The FUSE driver that serves vaultfs vaults as files.
+
+pub mod nss;

@@ -1,0 +1,77 @@
+//! `acl show|set`.
+
+use anyhow::Result;
+use vaultfs_store::{projected_mode, AclOverride, AclSource, Address, Inherited};
+
+use crate::cli::{AclCommand, Cli};
+use crate::commands::vaults::mode_arg;
+use crate::credentials;
+use crate::output;
+
+fn source(addr: &Address, s: &AclSource) -> String {
+    match s {
+        AclSource::Vault => format!("vault {} default", addr.vault),
+        AclSource::Entry(p) if *p == addr.path => "set here".to_owned(),
+        AclSource::Entry(p) => format!("inherited from {}:{p}", addr.vault),
+    }
+}
+
+fn show_line<T: std::fmt::Display>(label: &str, addr: &Address, v: &Inherited<T>) {
+    println!(
+        "{label:<6} {:<12} ({})",
+        v.value.to_string(),
+        source(addr, &v.source)
+    );
+}
+
+/// `acl ...`.
+pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
+    match cmd {
+        AclCommand::Show { address } => {
+            let addr = Address::parse(address)?;
+            let store = credentials::open_store(cli)?;
+            let acl = store.effective_acl(&addr)?;
+            let is_dir = match store.stat(&addr)? {
+                Some(l) => l.entry.is_dir(),
+                None => true,
+            };
+            println!("{addr}");
+            show_line("owner", &addr, &acl.owner);
+            show_line("group", &addr, &acl.group);
+            let mode = Inherited {
+                value: format!("{:04o}", acl.mode.value),
+                source: acl.mode.source.clone(),
+            };
+            show_line("mode", &addr, &mode);
+            println!(
+                "shown  {} {}",
+                output::mode_string(projected_mode(acl.mode.value, is_dir), is_dir),
+                if is_dir {
+                    "(directory: x wherever r)"
+                } else {
+                    "(secret)"
+                }
+            );
+        }
+        AclCommand::Set {
+            address,
+            owner,
+            group,
+            mode,
+        } => {
+            let addr = Address::parse(address)?;
+            let change = AclOverride {
+                owner: owner.clone(),
+                group: group.clone(),
+                mode: mode.as_deref().map(mode_arg).transpose()?,
+            };
+            if change.is_empty() {
+                crate::exit::usage!("nothing to set: give --owner, --group or --mode");
+            }
+            output::warn_unresolved(change.owner.as_deref(), change.group.as_deref());
+            let mut store = credentials::open_store(cli)?;
+            store.set_acl(&addr, &change)?;
+        }
+    }
+    Ok(())
+}

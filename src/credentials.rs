@@ -1,0 +1,142 @@
+//! Where the store is and how it is unlocked: a key file, a passphrase file, or a prompt on the
+//! terminal. Never argv, never an environment variable holding the secret itself.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use vaultfs_store::{Credential, SecretBytes, Store, StoreError};
+
+use crate::cli::Cli;
+use crate::exit::usage;
+
+/// The longest passphrase or key file read; a guard against pointing at a huge file by mistake.
+const MAX_CREDENTIAL_LEN: u64 = 64 * 1024;
+
+/// The store path: `--store`, `VAULTFS_STORE`, else the per-user or system default.
+pub fn store_path(cli: &Cli) -> PathBuf {
+    if let Some(p) = &cli.store {
+        return p.clone();
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/vaultfs/store.db");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("vaultfs/store.db")
+}
+
+/// Reads up to [`MAX_CREDENTIAL_LEN`] bytes of `reader` into a buffer that is wiped on drop,
+/// growing it without leaving stale copies behind (a plain `Vec` growth would free old
+/// buffers still holding plaintext).
+pub fn read_secret(mut reader: impl Read, limit: u64) -> std::io::Result<Option<SecretBytes>> {
+    let mut buf = SecretBytes::new(Vec::with_capacity(4096));
+    let mut chunk = zeroize::Zeroizing::new([0u8; 8192]);
+    loop {
+        let n = match reader.read(chunk.as_mut()) {
+            Ok(0) => return Ok(Some(buf)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if (buf.len() + n) as u64 > limit {
+            return Ok(None);
+        }
+        let v = buf.expose_mut();
+        if v.len() + n > v.capacity() {
+            let mut bigger = Vec::with_capacity((v.len() + n).next_power_of_two());
+            bigger.extend_from_slice(v);
+            buf = SecretBytes::new(bigger);
+        }
+        buf.expose_mut().extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn read_credential_file(path: &Path, what: &str) -> Result<SecretBytes> {
+    let file = std::fs::File::open(path).with_context(|| format!("{what} {}", path.display()))?;
+    read_secret(file, MAX_CREDENTIAL_LEN)
+        .with_context(|| format!("{what} {}", path.display()))?
+        .ok_or_else(|| anyhow::anyhow!("{what} {}: larger than 64 KiB", path.display()))
+}
+
+/// Reads a key file.
+pub fn key_file(path: &Path) -> Result<Credential> {
+    let bytes = read_credential_file(path, "key file")?;
+    if bytes.len() < vaultfs_store::MIN_KEY_FILE_LEN {
+        return Err(StoreError::BadKeyFile {
+            path: path.to_owned(),
+            reason: "shorter than 32 bytes; make one with `vaultfs keygen`",
+        }
+        .into());
+    }
+    Ok(Credential::KeyFile(bytes))
+}
+
+/// Reads a passphrase file: its first line, without the line ending.
+pub fn passphrase_file(path: &Path) -> Result<Credential> {
+    let mut bytes = read_credential_file(path, "passphrase file")?;
+    let v = bytes.expose_mut();
+    if let Some(end) = v.iter().position(|&b| b == b'\n') {
+        v[end..].iter_mut().for_each(|b| *b = 0);
+        v.truncate(end);
+    }
+    if v.last() == Some(&b'\r') {
+        v.pop();
+    }
+    if v.is_empty() {
+        usage!("passphrase file {}: empty passphrase", path.display());
+    }
+    Ok(Credential::Passphrase(bytes))
+}
+
+fn prompt(text: &str) -> Result<SecretBytes> {
+    match rpassword::prompt_password(text) {
+        Ok(p) => Ok(SecretBytes::new(p.into_bytes())),
+        Err(_) => usage!(
+            "no key given: pass --key-file or --passphrase-file (there is no terminal to ask a passphrase on)"
+        ),
+    }
+}
+
+/// The credential that unlocks an existing store.
+pub fn unlock_credential(cli: &Cli) -> Result<Credential> {
+    if let Some(p) = &cli.key_file {
+        return key_file(p);
+    }
+    if let Some(p) = &cli.passphrase_file {
+        return passphrase_file(p);
+    }
+    let pass = prompt("vaultfs passphrase: ")?;
+    if pass.is_empty() {
+        usage!("empty passphrase");
+    }
+    Ok(Credential::Passphrase(pass))
+}
+
+/// A new passphrase, asked twice on the terminal.
+pub fn new_passphrase() -> Result<Credential> {
+    let first = prompt("new passphrase: ")?;
+    if first.is_empty() {
+        usage!("empty passphrase");
+    }
+    let second = prompt("repeat passphrase: ")?;
+    if first.expose() != second.expose() {
+        usage!("the passphrases differ");
+    }
+    Ok(Credential::Passphrase(first))
+}
+
+/// Opens and unlocks the store the command line names.
+pub fn open_store(cli: &Cli) -> Result<Store> {
+    let path = store_path(cli);
+    // Check for the file before asking for a passphrase nobody can use.
+    if !path.exists() {
+        return Err(StoreError::Missing(path).into());
+    }
+    let cred = unlock_credential(cli)?;
+    Ok(Store::open(&path, &cred)?)
+}

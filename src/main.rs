@@ -1,0 +1,67 @@
+//! `vaultfs`: the command-line front end. The store and the FUSE driver live in their own
+//! crates (`vaultfs-store`, `vaultfs-fs`); this binary parses arguments, gathers credentials,
+//! adds context to errors and maps them to exit codes.
+
+mod cli;
+mod commands;
+mod credentials;
+mod exit;
+mod hygiene;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    use commands::*;
+    match &cli.command {
+        Command::Keygen { file } => keys::keygen(file),
+        Command::Init { kdf } => keys::init(cli, *kdf),
+        Command::Key(cmd) => keys::key(cli, cmd),
+        Command::Vault(cmd) => vaults::vault(cli, cmd),
+        Command::Write { address } => secrets::write(cli, address),
+        Command::Cat { address } => secrets::cat(cli, address),
+        Command::Ls { long, address } => secrets::ls(cli, address, *long),
+        Command::Rm { recursive, address } => secrets::rm(cli, address, *recursive),
+        Command::Mv { from, to } => secrets::mv(cli, from, to),
+        Command::Mkdir { parents, address } => secrets::mkdir(cli, address, *parents),
+        Command::Acl(cmd) => acl::acl(cli, cmd),
+        Command::Env { secrets, command } => env::env(cli, secrets, command),
+        Command::Mount {
+            source,
+            mountpoint,
+            foreground,
+        } => mount::mount(cli, source, mountpoint, *foreground),
+        Command::Umount { mountpoint } => mount::umount(mountpoint),
+        Command::Serve { config, check } => serve::serve(cli, config, *check),
+        Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
+    }
+}
+
+/// Logs go to stderr, at `warn` unless `VAULTFS_LOG` says otherwise. No log line ever holds a
+/// secret's value: the store's types redact themselves in Debug output.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    hygiene::harden_process();
+    init_logging();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vaultfs: {err:#}");
+            exit::code_for(&err)
+        }
+    }
+}

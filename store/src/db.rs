@@ -1,0 +1,212 @@
+//! The SQLite file: connection settings, schema, and the change counter.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Result, StoreError};
+
+/// The on-disk format this build reads and writes.
+pub(crate) const FORMAT: i64 = 1;
+
+/// How long a writer waits for another writer before giving up with [`StoreError::Busy`].
+/// Readers never wait for writers (WAL); this bounds writer-writer contention only.
+pub(crate) const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(15);
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+-- One row; every committed change bumps it, so readers can tell cheaply whether to refresh.
+CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT INTO generation VALUES (1, 0);
+-- The master key wrapped by a key-encryption key from a passphrase or a key file.
+CREATE TABLE key_slots (
+  id INTEGER PRIMARY KEY,
+  kind TEXT NOT NULL,
+  params TEXT NOT NULL,
+  wrapped BLOB NOT NULL,
+  created_ns INTEGER NOT NULL
+);
+-- name_tag: keyed hash of the name, so lookups use an index without the name being readable.
+CREATE TABLE vaults (
+  id INTEGER PRIMARY KEY,
+  version INTEGER NOT NULL,
+  name_tag BLOB NOT NULL UNIQUE,
+  sealed BLOB NOT NULL
+);
+-- parent_id is also inside the sealed meta; the clear copy only speeds up listing.
+CREATE TABLE entries (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  vault_id INTEGER NOT NULL,
+  parent_id INTEGER NOT NULL,
+  name_tag BLOB NOT NULL,
+  version INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  meta BLOB NOT NULL,
+  value BLOB,
+  UNIQUE (vault_id, name_tag)
+);
+CREATE INDEX entries_by_parent ON entries (vault_id, parent_id);
+CREATE INDEX entries_by_seq ON entries (vault_id, seq);
+-- Tombstones, so a mounted reader can apply deletions incrementally.
+CREATE TABLE deleted (vault_id INTEGER NOT NULL, entry_id INTEGER NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX deleted_by_seq ON deleted (vault_id, seq);
+";
+
+/// Applies the settings every connection needs. `secure_delete` overwrites freed pages and
+/// `temp_store=MEMORY` keeps sorter and temp tables off disk; everything stored is ciphertext
+/// anyway, so these are defence in depth.
+fn configure(conn: &Connection, busy: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy)?;
+    conn.execute_batch(
+        "PRAGMA secure_delete = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = OFF;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Creates a new, empty store file with mode 0600 in a directory it creates with mode 0700.
+pub(crate) fn create(path: &Path) -> Result<Connection> {
+    if path.exists() {
+        return Err(StoreError::AlreadyInitialized(path.to_owned()));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+    }
+    // Create the file ourselves so it is 0600 from its first byte; SQLite gives the -wal and
+    // -shm files the same mode.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    StoreError::AlreadyInitialized(path.to_owned())
+                }
+                _ => StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                },
+            })?;
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::from_sqlite(path, e))?;
+    configure(&conn, WRITE_BUSY_TIMEOUT).map_err(|e| StoreError::from_sqlite(path, e))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| StoreError::from_sqlite(path, e))?;
+    Ok(conn)
+}
+
+/// Writes the schema and the store's identity.
+pub(crate) fn initialize(conn: &mut Connection, path: &Path, store_id: &[u8; 16]) -> Result<()> {
+    let tx = conn
+        .transaction()
+        .map_err(|e| StoreError::from_sqlite(path, e))?;
+    tx.execute_batch(SCHEMA)
+        .map_err(|e| StoreError::from_sqlite(path, e))?;
+    tx.execute("INSERT INTO meta VALUES ('format', ?1)", [FORMAT])?;
+    tx.execute("INSERT INTO meta VALUES ('store_id', ?1)", [&store_id[..]])?;
+    tx.commit().map_err(|e| StoreError::from_sqlite(path, e))?;
+    Ok(())
+}
+
+/// Opens an existing store and checks that it is one, returning its id.
+pub(crate) fn open(path: &Path, busy: Duration) -> Result<(Connection, [u8; 16])> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(StoreError::NotAStore(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::Missing(path.to_owned()))
+        }
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::from_sqlite(path, e))?;
+    configure(&conn, busy).map_err(|e| StoreError::from_sqlite(path, e))?;
+    let id = store_identity(&conn, path)?;
+    Ok((conn, id))
+}
+
+fn store_identity(conn: &Connection, path: &Path) -> Result<[u8; 16]> {
+    let not_a_store = |e: rusqlite::Error| match StoreError::from_sqlite(path, e) {
+        StoreError::Sqlite(_) => StoreError::NotAStore(path.to_owned()),
+        other => other,
+    };
+    let has_meta: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(not_a_store)?;
+    if has_meta.is_none() {
+        return Err(StoreError::NotAStore(path.to_owned()));
+    }
+    let format: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(not_a_store)?;
+    match format {
+        Some(FORMAT) => {}
+        Some(found) => {
+            return Err(StoreError::UnsupportedFormat {
+                path: path.to_owned(),
+                found,
+                supported: FORMAT,
+            })
+        }
+        None => return Err(StoreError::NotAStore(path.to_owned())),
+    }
+    let id: Vec<u8> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+            r.get(0)
+        })
+        .map_err(not_a_store)?;
+    id.try_into()
+        .map_err(|_| StoreError::NotAStore(path.to_owned()))
+}
+
+/// Bumps the change counter inside the caller's write transaction and returns the new value.
+pub(crate) fn bump_generation(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "UPDATE generation SET value = value + 1 WHERE id = 1 RETURNING value",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// The change counter as last committed.
+pub(crate) fn generation(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT value FROM generation WHERE id = 1")?
+        .query_row([], |r| r.get(0))
+}

@@ -1,0 +1,392 @@
+//! Path-level operations on a vault's entries: what the CLI's `write`, `cat`, `ls`, `rm`, `mv`,
+//! `mkdir` and `acl` commands do.
+
+use rusqlite::Connection;
+
+use crate::acl::{AclOverride, EffectiveAcl};
+use crate::address::{Address, VaultPath};
+use crate::error::{Result, StoreError};
+use crate::records::{now_ns, EntryKind};
+use crate::rows::{self, Entry, RowContent, MAX_SECRET_SIZE, ROOT_PARENT};
+use crate::secret::SecretBytes;
+use crate::store::{Keys, OpenVault, Store};
+
+/// An entry with its path and effective ACL, as `ls -l` and `acl show` present it.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    /// The entry's path in its vault.
+    pub path: VaultPath,
+    /// The entry itself.
+    pub entry: Entry,
+    /// The ACL in force, with where each value comes from.
+    pub acl: EffectiveAcl,
+}
+
+/// The entries from the root down to `path` (empty for the root).
+fn resolve_chain(
+    conn: &Connection,
+    keys: &Keys,
+    vault: &OpenVault,
+    addr: &Address,
+) -> Result<Vec<Entry>> {
+    let mut chain: Vec<Entry> = Vec::with_capacity(addr.path.components().len());
+    let mut parent = ROOT_PARENT;
+    for (i, name) in addr.path.components().iter().enumerate() {
+        if let Some(last) = chain.last() {
+            if !last.is_dir() {
+                return Err(StoreError::NotADirectory(prefix(addr, i)));
+            }
+        }
+        let entry = rows::lookup(conn, &keys.store_id, vault, parent, name)?
+            .ok_or_else(|| StoreError::NotFound(prefix(addr, i + 1)))?;
+        parent = entry.id;
+        chain.push(entry);
+    }
+    Ok(chain)
+}
+
+/// `vault:/first/n/components`, for error messages.
+fn prefix(addr: &Address, n: usize) -> String {
+    let mut s = format!("{}:", addr.vault);
+    for c in &addr.path.components()[..n] {
+        s.push('/');
+        s.push_str(c);
+    }
+    s
+}
+
+fn effective(vault: &OpenVault, path: &VaultPath, chain: &[Entry]) -> EffectiveAcl {
+    let paths: Vec<VaultPath> = (1..=chain.len())
+        .map(|n| {
+            let mut p = VaultPath::root();
+            for c in &path.components()[..n] {
+                p = p.join(c);
+            }
+            p
+        })
+        .collect();
+    EffectiveAcl::resolve(
+        &vault.info.acl,
+        paths.iter().zip(chain.iter().map(|e| &e.acl)),
+    )
+}
+
+/// Creates the missing directories of `addr` (all of it) inside a write transaction.
+fn make_dirs(
+    conn: &Connection,
+    keys: &Keys,
+    vault: &OpenVault,
+    generation: i64,
+    addr: &Address,
+    components: &[String],
+) -> Result<i64> {
+    let mut parent = ROOT_PARENT;
+    for (i, name) in components.iter().enumerate() {
+        parent = match rows::lookup(conn, &keys.store_id, vault, parent, name)? {
+            Some(e) if e.is_dir() => e.id,
+            Some(_) => return Err(StoreError::NotADirectory(prefix(addr, i + 1))),
+            None => {
+                let content = RowContent {
+                    parent,
+                    name,
+                    kind: EntryKind::Dir,
+                    acl: AclOverride::default(),
+                    value: None,
+                    mtime_ns: now_ns(),
+                };
+                rows::insert(conn, &keys.store_id, vault, generation, &content)?.id
+            }
+        };
+    }
+    Ok(parent)
+}
+
+impl Store {
+    /// Stores `value` at `addr`, creating parent directories; replaces an existing secret.
+    pub fn write(&mut self, addr: &Address, value: &[u8]) -> Result<Entry> {
+        let name = addr
+            .path
+            .file_name()
+            .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
+        if value.len() > MAX_SECRET_SIZE {
+            return Err(StoreError::TooLarge {
+                path: addr.to_string(),
+                size: value.len(),
+                limit: MAX_SECRET_SIZE,
+            });
+        }
+        self.write_txn(|tx, generation, keys| {
+            let vault = keys.open_vault_by_name(tx, &addr.vault)?;
+            let dirs = &addr.path.components()[..addr.path.components().len() - 1];
+            let parent = make_dirs(tx, keys, &vault, generation, addr, dirs)?;
+            let existing = rows::lookup(tx, &keys.store_id, &vault, parent, name)?;
+            let content = |acl| RowContent {
+                parent,
+                name,
+                kind: EntryKind::File,
+                acl,
+                value: Some(value),
+                mtime_ns: now_ns(),
+            };
+            match existing {
+                Some(old) if old.is_dir() => Err(StoreError::IsADirectory(addr.to_string())),
+                Some(old) => rows::rewrite(
+                    tx,
+                    &keys.store_id,
+                    &vault,
+                    generation,
+                    &old,
+                    &content(old.acl.clone()),
+                ),
+                None => rows::insert(
+                    tx,
+                    &keys.store_id,
+                    &vault,
+                    generation,
+                    &content(AclOverride::default()),
+                ),
+            }
+        })
+    }
+
+    /// The value of the secret at `addr`.
+    pub fn read(&self, addr: &Address) -> Result<SecretBytes> {
+        let vault = self.open_vault(&addr.vault)?;
+        let chain = resolve_chain(&self.conn, &self.keys, &vault, addr)?;
+        let entry = chain
+            .last()
+            .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
+        if entry.is_dir() {
+            return Err(StoreError::IsADirectory(addr.to_string()));
+        }
+        rows::read_value(
+            &self.conn,
+            &self.keys.store_id,
+            &vault,
+            entry.id,
+            entry.version,
+        )?
+        .ok_or_else(|| StoreError::NotFound(addr.to_string()))
+        .map_err(|e| retag(e, addr))
+    }
+
+    /// Describes the entry at `addr` (the root when `addr` names the vault).
+    pub fn stat(&self, addr: &Address) -> Result<Option<Listing>> {
+        let vault = self.open_vault(&addr.vault)?;
+        let chain =
+            resolve_chain(&self.conn, &self.keys, &vault, addr).map_err(|e| retag(e, addr))?;
+        let acl = effective(&vault, &addr.path, &chain);
+        Ok(chain.last().cloned().map(|entry| Listing {
+            path: addr.path.clone(),
+            entry,
+            acl,
+        }))
+    }
+
+    /// The ACL in force at `addr` (the vault's defaults for the root).
+    pub fn effective_acl(&self, addr: &Address) -> Result<EffectiveAcl> {
+        let vault = self.open_vault(&addr.vault)?;
+        let chain =
+            resolve_chain(&self.conn, &self.keys, &vault, addr).map_err(|e| retag(e, addr))?;
+        Ok(effective(&vault, &addr.path, &chain))
+    }
+
+    /// Lists a directory, or describes a single secret.
+    pub fn list(&self, addr: &Address) -> Result<Vec<Listing>> {
+        let vault = self.open_vault(&addr.vault)?;
+        let mut chain =
+            resolve_chain(&self.conn, &self.keys, &vault, addr).map_err(|e| retag(e, addr))?;
+        if let Some(last) = chain.last() {
+            if !last.is_dir() {
+                let acl = effective(&vault, &addr.path, &chain);
+                return Ok(vec![Listing {
+                    path: addr.path.clone(),
+                    entry: last.clone(),
+                    acl,
+                }]);
+            }
+        }
+        let dir_id = chain.last().map_or(ROOT_PARENT, |e| e.id);
+        let kids = rows::children(&self.conn, &self.keys.store_id, &vault, dir_id)
+            .map_err(|e| retag(e, addr))?;
+        let mut out = Vec::with_capacity(kids.len());
+        for kid in kids {
+            let path = addr.path.join(&kid.name);
+            chain.push(kid);
+            let acl = effective(&vault, &path, &chain);
+            let entry = chain.pop().expect("just pushed");
+            out.push(Listing { path, entry, acl });
+        }
+        Ok(out)
+    }
+
+    /// Creates a directory; with `parents`, its missing ancestors too and no error if it exists.
+    pub fn mkdir(&mut self, addr: &Address, parents: bool) -> Result<Entry> {
+        let name = addr
+            .path
+            .file_name()
+            .ok_or_else(|| StoreError::Exists(addr.to_string()))?;
+        self.write_txn(|tx, generation, keys| {
+            let vault = keys.open_vault_by_name(tx, &addr.vault)?;
+            let comps = addr.path.components();
+            let parent = if parents {
+                make_dirs(
+                    tx,
+                    keys,
+                    &vault,
+                    generation,
+                    addr,
+                    &comps[..comps.len() - 1],
+                )?
+            } else {
+                let parent_addr = Address {
+                    vault: addr.vault.clone(),
+                    path: addr.path.parent().expect("not the root"),
+                };
+                match resolve_chain(tx, keys, &vault, &parent_addr)?.last() {
+                    None => ROOT_PARENT,
+                    Some(e) if e.is_dir() => e.id,
+                    Some(_) => return Err(StoreError::NotADirectory(parent_addr.to_string())),
+                }
+            };
+            match rows::lookup(tx, &keys.store_id, &vault, parent, name)? {
+                Some(e) if parents && e.is_dir() => Ok(e),
+                Some(_) => Err(StoreError::Exists(addr.to_string())),
+                None => {
+                    let content = RowContent {
+                        parent,
+                        name,
+                        kind: EntryKind::Dir,
+                        acl: AclOverride::default(),
+                        value: None,
+                        mtime_ns: now_ns(),
+                    };
+                    rows::insert(tx, &keys.store_id, &vault, generation, &content)
+                }
+            }
+        })
+    }
+
+    /// Removes a secret, an empty directory, or with `recursive` a whole subtree.
+    pub fn remove(&mut self, addr: &Address, recursive: bool) -> Result<()> {
+        self.write_txn(|tx, generation, keys| {
+            let vault = keys.open_vault_by_name(tx, &addr.vault)?;
+            let chain = resolve_chain(tx, keys, &vault, addr)?;
+            let target = chain.last().ok_or_else(|| {
+                StoreError::InvalidOperation(format!(
+                    "{addr}: refusing to remove a vault's root; use `vaultfs vault remove`"
+                ))
+            })?;
+            let mut doomed = vec![target.id];
+            let mut i = 0;
+            while i < doomed.len() {
+                let kids = rows::children(tx, &keys.store_id, &vault, doomed[i])?;
+                if !kids.is_empty() && !recursive {
+                    return Err(StoreError::DirectoryNotEmpty(addr.to_string()));
+                }
+                doomed.extend(kids.iter().map(|k| k.id));
+                i += 1;
+            }
+            rows::delete(tx, &vault, generation, &doomed)
+        })
+    }
+
+    /// Renames or moves an entry inside one vault. Refuses to replace an existing entry.
+    pub fn rename(&mut self, from: &Address, to: &Address) -> Result<Entry> {
+        if from.vault != to.vault {
+            return Err(StoreError::InvalidOperation(format!(
+                "{from} -> {to}: moving between vaults is not supported (each vault has its own key); use cat, write and rm"
+            )));
+        }
+        let new_name = to
+            .path
+            .file_name()
+            .ok_or_else(|| StoreError::Exists(to.to_string()))?;
+        if to.path.starts_with(&from.path) {
+            return Err(StoreError::InvalidOperation(format!(
+                "{from} -> {to}: cannot move a directory into itself"
+            )));
+        }
+        self.write_txn(|tx, generation, keys| {
+            let vault = keys.open_vault_by_name(tx, &from.vault)?;
+            let chain = resolve_chain(tx, keys, &vault, from)?;
+            let entry = chain.last().ok_or_else(|| {
+                StoreError::InvalidOperation(format!("{from}: cannot move a vault's root"))
+            })?;
+            let parent_addr = Address {
+                vault: to.vault.clone(),
+                path: to.path.parent().expect("not the root"),
+            };
+            let new_parent = match resolve_chain(tx, keys, &vault, &parent_addr)?.last() {
+                None => ROOT_PARENT,
+                Some(e) if e.is_dir() => e.id,
+                Some(_) => return Err(StoreError::NotADirectory(parent_addr.to_string())),
+            };
+            if rows::lookup(tx, &keys.store_id, &vault, new_parent, new_name)?.is_some() {
+                return Err(StoreError::Exists(to.to_string()));
+            }
+            let value = match entry.kind {
+                EntryKind::File => Some(
+                    rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?
+                        .ok_or_else(|| StoreError::NotFound(from.to_string()))?,
+                ),
+                EntryKind::Dir => None,
+            };
+            let content = RowContent {
+                parent: new_parent,
+                name: new_name,
+                kind: entry.kind,
+                acl: entry.acl.clone(),
+                value: value.as_ref().map(|v| v.expose()),
+                mtime_ns: now_ns(),
+            };
+            rows::rewrite(tx, &keys.store_id, &vault, generation, entry, &content)
+        })
+        .map_err(|e| retag(e, from))
+    }
+
+    /// Changes the ACL at `addr`: the vault's defaults for the root, an override otherwise.
+    pub fn set_acl(&mut self, addr: &Address, change: &AclOverride) -> Result<()> {
+        if addr.path.is_root() {
+            self.set_vault_acl(&addr.vault, change)?;
+            return Ok(());
+        }
+        self.write_txn(|tx, generation, keys| {
+            let vault = keys.open_vault_by_name(tx, &addr.vault)?;
+            let chain = resolve_chain(tx, keys, &vault, addr)?;
+            let entry = chain.last().expect("not the root");
+            let mut acl = entry.acl.clone();
+            acl.merge(change);
+            let value = match entry.kind {
+                EntryKind::File => Some(
+                    rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?
+                        .ok_or_else(|| StoreError::NotFound(addr.to_string()))?,
+                ),
+                EntryKind::Dir => None,
+            };
+            let content = RowContent {
+                parent: entry.parent,
+                name: &entry.name,
+                kind: entry.kind,
+                acl,
+                value: value.as_ref().map(|v| v.expose()),
+                mtime_ns: now_ns(),
+            };
+            rows::rewrite(tx, &keys.store_id, &vault, generation, entry, &content)?;
+            Ok(())
+        })
+        .map_err(|e| retag(e, addr))
+    }
+}
+
+/// Names the address in a tamper error, which the row layer can only name by id.
+fn retag(e: StoreError, addr: &Address) -> StoreError {
+    match e {
+        StoreError::Tampered { what } if !what.contains(&addr.to_string()) => {
+            StoreError::Tampered {
+                what: format!("{addr} ({what})"),
+            }
+        }
+        other => other,
+    }
+}
