@@ -125,6 +125,9 @@ pub enum Command {
         /// Stay attached instead of returning once the mount is ready (for systemd: Type=notify)
         #[arg(long)]
         foreground: bool,
+        /// Where the background daemon logs (it logs nowhere otherwise); see VAULTFS_LOG
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
     },
     /// Unmount a vaultfs mount; its daemon then exits 0
     #[command(after_help = "Example:\n  vaultfs umount /run/keys/nix")]

@@ -13,7 +13,6 @@ pub fn harden_process() {
 
 /// Locks current and future pages in RAM so plaintext is never written to swap. Long-running
 /// daemons call this; a short CLI run is not worth a failure. Returns whether it worked.
-#[allow(dead_code)] // used by the mount daemon, which lands next
 pub fn lock_memory() -> bool {
     // SAFETY: mlockall has no memory-safety preconditions.
     let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };

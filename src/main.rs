@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod credentials;
+mod daemon;
 mod exit;
 mod hygiene;
 mod output;
@@ -15,9 +16,9 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     use commands::*;
-    match &cli.command {
+    let done = match &cli.command {
         Command::Keygen { file } => keys::keygen(file),
         Command::Init { kdf } => keys::init(cli, *kdf),
         Command::Key(cmd) => keys::key(cli, cmd),
@@ -34,11 +35,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             source,
             mountpoint,
             foreground,
-        } => mount::mount(cli, source, mountpoint, *foreground),
+            log_file,
+        } => return mount::mount(cli, source, mountpoint, *foreground, log_file.as_deref()),
         Command::Umount { mountpoint } => mount::umount(mountpoint),
         Command::Serve { config, check } => serve::serve(cli, config, *check),
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 /// Logs go to stderr, at `warn` unless `VAULTFS_LOG` says otherwise. No log line ever holds a
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("vaultfs: {err:#}");
             exit::code_for(&err)

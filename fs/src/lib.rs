@@ -1,3 +1,16 @@
-//! The FUSE driver that serves vaultfs vaults as files.
+//! The FUSE driver that serves a vaultfs vault, a directory of it, or one secret as files.
+//!
+//! The driver keeps the vault's tree (names, attributes, ACLs, never values) in memory and
+//! follows the store's change counter; every open is checked against the current ACL with the
+//! caller's uid and groups, and values are decrypted per read and wiped at once. See
+//! `DESIGN.md` for the cache rules that keep rotated values from ever being served stale.
+#![deny(missing_docs)]
 
+mod access;
+mod driver;
+mod invalidate;
+mod mount;
 pub mod nss;
+mod view;
+
+pub use mount::{clear_stale, detach, mount, MountError, Mounted, Unmounter};

@@ -1,16 +1,120 @@
-//! `mount`, `umount`.
-use std::path::Path;
+//! `mount` and `umount`.
 
-use anyhow::Result;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use vaultfs_store::{Address, StoreError};
 
 use crate::cli::Cli;
+use crate::credentials;
+use crate::daemon::{self, MountSpec, Readiness};
 
-/// Mounts `source` at `mountpoint`.
-pub fn mount(_cli: &Cli, _source: &str, _mountpoint: &Path, _foreground: bool) -> Result<()> {
-    anyhow::bail!("mount is not built yet")
+/// `path` made absolute against the current directory, which the daemon leaves.
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{}: cannot make absolute", path.display()))
 }
 
-/// Unmounts.
-pub fn umount(_mountpoint: &Path) -> Result<()> {
-    anyhow::bail!("umount is not built yet")
+/// Mounts `source` at `mountpoint`; without `foreground`, returns once the mount is ready and
+/// leaves a daemon serving it.
+pub fn mount(
+    cli: &Cli,
+    source: &str,
+    mountpoint: &Path,
+    foreground: bool,
+    log_file: Option<&Path>,
+) -> Result<ExitCode> {
+    let source = Address::parse(source)?;
+    let spec = MountSpec {
+        source,
+        mountpoint: absolute(mountpoint)?,
+    };
+    let store_path = credentials::store_path(cli);
+    if !store_path.exists() {
+        return Err(StoreError::Missing(store_path).into());
+    }
+    // Ask for the passphrase while the terminal is still ours; fork before SQLite or any
+    // thread exists.
+    let cred = credentials::unlock_credential(cli)?;
+    let readiness = if foreground {
+        Readiness::foreground()
+    } else {
+        match daemon::fork_daemon()? {
+            Ok(child) => child,
+            Err(parent_exit) => return Ok(parent_exit),
+        }
+    };
+    daemon::serve(&store_path, cred, &[spec], readiness, log_file)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Unmounts a vaultfs mount; its daemon sees the session end and exits 0.
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    let path = absolute(mountpoint)?;
+    if !is_vaultfs_mount(&path)? {
+        crate::exit::usage!("{}: not a vaultfs mount", path.display());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let status = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&path)
+            .status()
+            .context("cannot run fusermount3")?;
+        anyhow::ensure!(
+            status.success(),
+            "fusermount3 could not unmount {}",
+            path.display()
+        );
+        return Ok(());
+    }
+    let c = CString::new(path.as_os_str().as_bytes()).context("path holds a NUL byte")?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EBUSY) {
+        // Files are open: detach now; the daemon exits when the last one closes.
+        vaultfs_fs::detach(&path).with_context(|| format!("cannot detach {}", path.display()))?;
+        eprintln!(
+            "vaultfs: {} is busy; detached it (the daemon exits when its last file closes)",
+            path.display()
+        );
+        return Ok(());
+    }
+    Err(err).with_context(|| format!("cannot unmount {}", path.display()))
+}
+
+/// Whether `path` is the mountpoint of a vaultfs mount, from /proc/self/mountinfo. Stale mounts
+/// (a dead daemon) count, so `umount` can clear them too.
+pub fn is_vaultfs_mount(path: &Path) -> Result<bool> {
+    let info = std::fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    let wanted = escape_mountinfo(path);
+    Ok(info.split(|&b| b == b'\n').any(|line| {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
+            return false;
+        };
+        fields.get(4) == Some(&wanted.as_slice())
+            && fields.get(sep + 1).is_some_and(|t| t.starts_with(b"fuse"))
+            && fields
+                .get(sep + 2)
+                .is_some_and(|s| s.starts_with(b"vaultfs"))
+    }))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn escape_mountinfo(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => out.extend(format!("\\{b:03o}").bytes()),
+            _ => out.push(b),
+        }
+    }
+    out
 }

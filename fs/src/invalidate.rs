@@ -1,0 +1,101 @@
+//! Kernel cache invalidation, sent from one dedicated thread.
+//!
+//! A notification is a synchronous write to /dev/fuse during which the kernel takes inode and
+//! dentry locks; sent from inside a request handler it can deadlock the mount (see
+//! FUSER-NOTES.md). So handlers and the refresher only queue invalidations here.
+//!
+//! Until the kernel has dropped an inode's cached pages and attributes, opens of that inode use
+//! direct I/O, so no open after a change can see the old value or size.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use fuser::{INodeNo, Notifier};
+use parking_lot::Mutex;
+
+/// One invalidation.
+#[derive(Debug)]
+pub enum Invalidation {
+    /// Drop an inode's cached data and attributes; `ticket` clears its pending mark.
+    Inode { id: i64, ino: INodeNo, ticket: u64 },
+    /// Drop a cached name.
+    Entry { parent: INodeNo, name: OsString },
+}
+
+/// Entries whose kernel caches may be stale, and the queue that will fix them.
+#[derive(Debug)]
+pub struct Invalidator {
+    pending: Mutex<HashMap<i64, u64>>,
+    next_ticket: Mutex<u64>,
+    queue: Sender<Invalidation>,
+}
+
+impl Invalidator {
+    /// A new invalidator and the receiving end for [`run_notifier`].
+    pub fn new() -> (Arc<Invalidator>, Receiver<Invalidation>) {
+        let (queue, rx) = crossbeam_channel::unbounded();
+        let inv = Invalidator {
+            pending: Mutex::new(HashMap::new()),
+            next_ticket: Mutex::new(0),
+            queue,
+        };
+        (Arc::new(inv), rx)
+    }
+
+    /// Marks entry `id` stale before the new view is published, and queues the fix.
+    pub fn inode(&self, id: i64, ino: INodeNo) {
+        let ticket = {
+            let mut t = self.next_ticket.lock();
+            *t += 1;
+            *t
+        };
+        self.pending.lock().insert(id, ticket);
+        // The receiver lives as long as the mount; a send after unmount has nothing to fix.
+        let _ = self.queue.send(Invalidation::Inode { id, ino, ticket });
+    }
+
+    /// Queues dropping the cached name `name` in directory `parent`.
+    pub fn entry(&self, parent: INodeNo, name: &str) {
+        let _ = self.queue.send(Invalidation::Entry {
+            parent,
+            name: name.into(),
+        });
+    }
+
+    /// Whether the kernel may still hold stale pages or attributes of entry `id`.
+    pub fn is_pending(&self, id: i64) -> bool {
+        self.pending.lock().contains_key(&id)
+    }
+
+    fn done(&self, id: i64, ticket: u64) {
+        let mut pending = self.pending.lock();
+        if pending.get(&id) == Some(&ticket) {
+            pending.remove(&id);
+        }
+    }
+}
+
+/// Drains the queue until every sender is gone (the mount ended).
+pub fn run_notifier(inv: Arc<Invalidator>, rx: Receiver<Invalidation>, notifier: Notifier) {
+    // Only a weak interest in the invalidator: the thread must not keep the queue alive.
+    let inv = Arc::downgrade(&inv);
+    for job in rx {
+        match job {
+            Invalidation::Inode { id, ino, ticket } => {
+                if let Err(e) = notifier.inval_inode(ino, 0, 0) {
+                    tracing::debug!("invalidating inode {}: {e}", ino.0);
+                }
+                if let Some(inv) = inv.upgrade() {
+                    inv.done(id, ticket);
+                }
+            }
+            Invalidation::Entry { parent, name } => {
+                if let Err(e) = notifier.inval_entry(parent, &name) {
+                    tracing::debug!("invalidating a name in inode {}: {e}", parent.0);
+                }
+            }
+        }
+    }
+}

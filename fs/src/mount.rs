@@ -1,0 +1,303 @@
+//! Mounting: preparing the mountpoint (clearing a stale mount, creating a file or directory),
+//! starting the FUSE session on several threads, and unmounting without hanging.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use vaultfs_store::{EntryKind, StoreError, VaultPath, VaultReader};
+
+use crate::driver::{Shared, VaultFs};
+use crate::invalidate::{self, Invalidator};
+
+/// How often the refresher looks for changes made by writers, so that `ls` and `stat` show
+/// them (and kernel caches are dropped) without waiting for an open.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Request threads: enough that one slow request never stalls the others on a small machine.
+const REQUEST_THREADS: usize = 8;
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Nothing exists at the mounted path.
+    #[error("no such secret or directory in the vault")]
+    SourceMissing,
+    /// The mountpoint exists with the wrong type.
+    #[error("mountpoint {path}: {reason}")]
+    Mountpoint {
+        /// The mountpoint.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The kernel or fusermount refused the mount.
+    #[error("the kernel refused the mount at {path}: {source}")]
+    Mount {
+        /// The mountpoint.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A live mount. [`Mounted::run`] serves it until it is unmounted.
+pub struct Mounted {
+    session: Session<VaultFs>,
+    mountpoint: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted")
+            .field("mountpoint", &self.mountpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unmounts a mount from another thread (a signal handler thread, say).
+#[derive(Debug)]
+pub struct Unmounter {
+    inner: SessionUnmounter,
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmounts; when files are still open (EBUSY), detaches lazily so the mountpoint is free
+    /// at once and the session ends when the last file closes.
+    pub fn unmount(&mut self) -> io::Result<()> {
+        match self.inner.unmount() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(
+                    "unmount {}: {e}; detaching lazily",
+                    self.mountpoint.display()
+                );
+                detach(&self.mountpoint)
+            }
+        }
+    }
+
+    /// The mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+}
+
+/// Detaches whatever is mounted at `path` (`umount -l`).
+pub fn detach(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Clears a mount left at `path` by a daemon that died ("Transport endpoint is not connected").
+/// Returns whether there was one.
+pub fn clear_stale(path: &Path) -> io::Result<bool> {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(
+                "{}: clearing a stale mount left by a daemon that died",
+                path.display()
+            );
+            detach(path).or_else(|e| {
+                // Without privilege to unmount, fusermount3 may still do it.
+                let status = std::process::Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(path)
+                    .status();
+                match status {
+                    Ok(s) if s.success() => Ok(()),
+                    _ => Err(e),
+                }
+            })?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Makes sure `path` exists with the kind the mounted root needs: a directory for a vault or
+/// a subtree, a regular file for one secret.
+fn prepare_mountpoint(path: &Path, kind: EntryKind) -> Result<(), MountError> {
+    let fail = |reason: String| MountError::Mountpoint {
+        path: path.to_owned(),
+        reason,
+    };
+    clear_stale(path).map_err(|e| fail(format!("cannot clear a stale mount: {e}")))?;
+    match (std::fs::metadata(path), kind) {
+        (Ok(m), EntryKind::Dir) if m.is_dir() => Ok(()),
+        (Ok(m), EntryKind::File) if m.is_file() => Ok(()),
+        (Ok(_), EntryKind::Dir) => Err(fail(
+            "is not a directory; a vault or directory mounts on a directory".into(),
+        )),
+        (Ok(_), EntryKind::File) => Err(fail(
+            "is not a regular file; a single secret mounts on a file".into(),
+        )),
+        (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {
+            let created = match kind {
+                EntryKind::Dir => std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(path),
+                EntryKind::File => {
+                    if let Some(parent) = path.parent() {
+                        std::fs::DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o755)
+                            .create(parent)
+                            .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
+                    }
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o400)
+                        .open(path)
+                        .map(drop)
+                }
+            };
+            created.map_err(|e| fail(format!("cannot create it: {e}")))
+        }
+        (Err(e), _) => Err(fail(e.to_string())),
+    }
+}
+
+/// Mounts `source` of the vault `reader` reads at `mountpoint`. Returns once the kernel has
+/// completed the FUSE handshake: the mount is usable from then on.
+pub fn mount(
+    reader: VaultReader,
+    source: VaultPath,
+    mountpoint: &Path,
+) -> Result<Mounted, MountError> {
+    let vault = reader.vault_name().to_owned();
+    let (invalidator, queue) = Invalidator::new();
+    let shared = Arc::new(Shared::load(reader, source.clone(), invalidator.clone())?);
+    let view = shared.view();
+    let kind = match view.node(fuser::INodeNo::ROOT) {
+        Some(node) => node.kind,
+        None => return Err(MountError::SourceMissing),
+    };
+    prepare_mountpoint(mountpoint, kind)?;
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("vaultfs:{vault}")),
+        MountOption::Subtype("vaultfs".into()),
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoExec,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // As root, let the users the ACL names reach the files; the driver checks every open.
+    config.acl = if root {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(REQUEST_THREADS);
+    config.clone_fd = true;
+
+    let session =
+        Session::new(VaultFs::new(shared.clone()), mountpoint, &config).map_err(|source| {
+            MountError::Mount {
+                path: mountpoint.to_owned(),
+                source,
+            }
+        })?;
+    let notifier = session.notifier();
+    std::thread::Builder::new()
+        .name("vaultfs-notify".into())
+        .spawn(move || invalidate::run_notifier(invalidator, queue, notifier))
+        .map_err(|e| MountError::Mount {
+            path: mountpoint.to_owned(),
+            source: e,
+        })?;
+    let weak = Arc::downgrade(&shared);
+    std::thread::Builder::new()
+        .name("vaultfs-refresh".into())
+        .spawn(move || refresh_loop(weak))
+        .map_err(|e| MountError::Mount {
+            path: mountpoint.to_owned(),
+            source: e,
+        })?;
+    Ok(Mounted {
+        session,
+        mountpoint: mountpoint.to_owned(),
+        shared,
+    })
+}
+
+/// Polls the store for changes while the mount lives.
+fn refresh_loop(shared: Weak<Shared>) {
+    let mut failing = false;
+    loop {
+        std::thread::sleep(POLL_INTERVAL);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match shared.refresh(false) {
+            Ok(_) if failing => {
+                tracing::warn!("{}: the store is readable again", shared.describe());
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                tracing::warn!("{}: cannot follow changes: {e}", shared.describe());
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Mounted {
+    /// A handle that unmounts this mount from another thread.
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            inner: self.session.unmount_callable(),
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
+
+    /// The mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// What is mounted, as `VAULT:/PATH`.
+    pub fn describe(&self) -> String {
+        self.shared.describe()
+    }
+
+    /// Serves requests until the filesystem is unmounted (by [`Unmounter::unmount`], `umount`
+    /// or `fusermount3 -u`), then returns.
+    pub fn run(self) -> io::Result<()> {
+        let Mounted {
+            session, shared, ..
+        } = self;
+        let result = session.run();
+        // The refresher holds only a weak reference; dropping the last strong one stops it,
+        // which drops the invalidation queue and so ends the notifier thread.
+        drop(shared);
+        result
+    }
+}
