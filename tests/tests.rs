@@ -1,1 +1,5 @@
 //! Integration tests: they run the real `vaultfs` binary against real stores and mounts.
+
+mod common;
+mod mount;
+mod mounts;

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyXattr, Request,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use vaultfs_store::{StoreError, VaultPath, VaultReader};
 
 use crate::access::{self, Caller};
@@ -30,6 +30,13 @@ const TTL: Duration = Duration::from_secs(1);
 /// How long an open waits for another thread's refresh before answering EIO.
 const REFRESH_WAIT: Duration = Duration::from_secs(3);
 
+/// How long a lookup of a name the view lacks waits for the refresher to look again.
+const LOOKUP_MISS_WAIT: Duration = Duration::from_millis(300);
+
+/// How long an open of a changed secret waits for the kernel to drop its stale copy (size and
+/// pages) before it falls back to reading around the cache.
+const SETTLE_WAIT: Duration = Duration::from_millis(500);
+
 /// State shared by the request handlers, the refresher thread and the mount handle.
 pub struct Shared {
     reader: VaultReader,
@@ -40,6 +47,15 @@ pub struct Shared {
     /// Ids of rows that failed authentication, reported once each.
     damaged: Mutex<HashSet<i64>>,
     invalidator: Arc<Invalidator>,
+    /// Refresh rounds asked of the refresher thread, and rounds it has finished.
+    rounds: Mutex<Rounds>,
+    round_done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Rounds {
+    requested: u64,
+    finished: u64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -72,6 +88,8 @@ impl Shared {
             rows: Mutex::new(rows),
             damaged: Mutex::new(HashSet::new()),
             invalidator,
+            rounds: Mutex::new(Rounds::default()),
+            round_done: Condvar::new(),
         };
         shared.report_damaged(snap.damaged);
         Ok(shared)
@@ -82,29 +100,60 @@ impl Shared {
         self.view.read().clone()
     }
 
+    /// Asks the refresher thread for a refresh and waits up to `limit` for it. A handler that
+    /// must stay instant uses this instead of reading the store itself: it can be delayed by
+    /// `limit` at most, however stuck the store is.
+    pub fn refreshed_within(&self, limit: Duration) -> Arc<View> {
+        let mut rounds = self.rounds.lock();
+        rounds.requested += 1;
+        let mine = rounds.requested;
+        self.round_done.notify_all();
+        let deadline = std::time::Instant::now() + limit;
+        while rounds.finished < mine {
+            if self
+                .round_done
+                .wait_until(&mut rounds, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        drop(rounds);
+        self.view()
+    }
+
+    /// For the refresher thread: waits until a round is asked for or `poll` passes, and
+    /// returns the request number the coming round will satisfy.
+    pub fn next_round(&self, poll: Duration) -> u64 {
+        let mut rounds = self.rounds.lock();
+        if rounds.requested == rounds.finished {
+            self.round_done.wait_for(&mut rounds, poll);
+        }
+        rounds.requested
+    }
+
+    /// For the refresher thread: rounds up to `upto` are done.
+    pub fn finish_round(&self, upto: u64) {
+        let mut rounds = self.rounds.lock();
+        rounds.finished = rounds.finished.max(upto);
+        self.round_done.notify_all();
+    }
+
     /// The vault's name and the mounted path, for messages.
     pub fn describe(&self) -> String {
         format!("{}:{}", self.reader.vault_name(), self.source)
     }
 
-    /// Brings the view up to date with the store. With `wait`, waits (bounded) for a refresh
-    /// running on another thread; without, returns the current view rather than wait.
-    pub fn refresh(&self, wait: bool) -> Result<Arc<View>, StoreError> {
+    /// Brings the view up to date with the store, waiting (bounded) for a refresh running on
+    /// another thread rather than repeat it.
+    pub fn refresh(&self) -> Result<Arc<View>, StoreError> {
         let current = self.view();
         let generation = self.reader.generation()?;
         if generation == current.generation {
             return Ok(current);
         }
-        let mut rows = if wait {
-            match self.rows.try_lock_for(REFRESH_WAIT) {
-                Some(rows) => rows,
-                None => return Err(StoreError::Busy(self.reader.store_path().clone())),
-            }
-        } else {
-            match self.rows.try_lock() {
-                Some(rows) => rows,
-                None => return Ok(current),
-            }
+        let Some(mut rows) = self.rows.try_lock_for(REFRESH_WAIT) else {
+            return Err(StoreError::Busy(self.reader.store_path().clone()));
         };
         if rows.generation >= generation {
             // Another thread refreshed while we waited.
@@ -208,18 +257,10 @@ impl VaultFs {
     /// Refreshes for an operation that must see the latest state, answering EIO (with one log
     /// line) when the store cannot be read in bounded time.
     fn fresh_view(&self, what: &str) -> Result<Arc<View>, Errno> {
-        self.shared.refresh(true).map_err(|e| {
+        self.shared.refresh().map_err(|e| {
             tracing::warn!("{}: {what}: {e}", self.shared.describe());
             Errno::EIO
         })
-    }
-
-    /// A view for metadata: refreshed when the store moved and no refresh is running, else the
-    /// current one. Metadata may lag by a refresh; opens never do.
-    fn meta_view(&self) -> Arc<View> {
-        self.shared
-            .refresh(false)
-            .unwrap_or_else(|_| self.shared.view())
     }
 
     fn caller(req: &Request) -> Caller {
@@ -264,6 +305,14 @@ impl Filesystem for VaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Readahead of a whole small secret in one request.
         let _ = config.set_max_readahead(128 * 1024);
+        // Lookups in one directory run in parallel (they only read memory); mmap works on the
+        // opens that use direct I/O. Both are optional: older kernels just say no.
+        for cap in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
         Ok(())
     }
 
@@ -277,8 +326,9 @@ impl Filesystem for VaultFs {
             Some(child.attr(view.ino(child.id)))
         };
         let view = self.shared.view();
-        // A miss may be a secret created since the last refresh: look again after one.
-        let attr = find(&view).or_else(|| find(&self.meta_view()));
+        // A miss may be a secret created since the last refresh: look again after one, which
+        // the refresher thread makes so this never waits on the store for long.
+        let attr = find(&view).or_else(|| find(&self.shared.refreshed_within(LOOKUP_MISS_WAIT)));
         match attr {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
             None => reply.error(Errno::ENOENT),
@@ -286,7 +336,8 @@ impl Filesystem for VaultFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let view = self.meta_view();
+        // Served from memory; the refresher keeps it within a poll interval of the store.
+        let view = self.shared.view();
         match view.node(ino) {
             Some(node) => reply.attr(&TTL, &node.attr(ino)),
             None => reply.error(Errno::ENOENT),
@@ -307,12 +358,18 @@ impl Filesystem for VaultFs {
         if let Err(e) = self.check_open(req, node, flags) {
             return reply.error(e);
         }
-        // The kernel may keep its pages only when they cannot be stale; until a pending
-        // invalidation has gone through, this open reads around the cache.
-        let cache = if self.shared.invalidator.is_pending(node.id) {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
+        // The kernel may keep its pages only when they cannot be stale: after a change, wait
+        // for the notifier to drop them (and the cached size); if that takes too long, this
+        // open reads around the cache.
+        let cache = if self.shared.invalidator.settle(node.id, SETTLE_WAIT) {
             FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            tracing::debug!(
+                "{}: open {} around the cache",
+                self.shared.describe(),
+                node.path
+            );
+            FopenFlags::FOPEN_DIRECT_IO
         };
         reply.opened(FileHandle(node.version as u64), cache);
     }
@@ -373,10 +430,9 @@ impl Filesystem for VaultFs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let view = match self.fresh_view("opendir") {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
+        // Listing never waits on the store: a directory holds no secret, and the ACL it is
+        // checked against is at most one poll interval old.
+        let view = self.shared.view();
         let Some(node) = view.node(ino) else {
             return reply.error(Errno::ENOENT);
         };

@@ -11,9 +11,11 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use crossbeam_channel::{Receiver, Sender};
 use fuser::{INodeNo, Notifier};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// One invalidation.
 #[derive(Debug)]
@@ -28,6 +30,7 @@ pub enum Invalidation {
 #[derive(Debug)]
 pub struct Invalidator {
     pending: Mutex<HashMap<i64, u64>>,
+    settled: Condvar,
     next_ticket: Mutex<u64>,
     queue: Sender<Invalidation>,
 }
@@ -38,6 +41,7 @@ impl Invalidator {
         let (queue, rx) = crossbeam_channel::unbounded();
         let inv = Invalidator {
             pending: Mutex::new(HashMap::new()),
+            settled: Condvar::new(),
             next_ticket: Mutex::new(0),
             queue,
         };
@@ -64,15 +68,26 @@ impl Invalidator {
         });
     }
 
-    /// Whether the kernel may still hold stale pages or attributes of entry `id`.
-    pub fn is_pending(&self, id: i64) -> bool {
-        self.pending.lock().contains_key(&id)
+    /// Waits up to `limit` for the kernel to have dropped its caches of entry `id`; returns
+    /// whether it has. An open calls this, which holds no kernel lock the invalidation needs
+    /// (FUSE opens take no inode lock on a read-only mount); the bound turns any surprise
+    /// into a short delay, after which the open reads around the cache instead.
+    pub fn settle(&self, id: i64, limit: Duration) -> bool {
+        let mut pending = self.pending.lock();
+        let deadline = std::time::Instant::now() + limit;
+        while pending.contains_key(&id) {
+            if self.settled.wait_until(&mut pending, deadline).timed_out() {
+                return !pending.contains_key(&id);
+            }
+        }
+        true
     }
 
     fn done(&self, id: i64, ticket: u64) {
         let mut pending = self.pending.lock();
         if pending.get(&id) == Some(&ticket) {
             pending.remove(&id);
+            self.settled.notify_all();
         }
     }
 }

@@ -13,4 +13,4 @@ mod mount;
 pub mod nss;
 mod view;
 
-pub use mount::{clear_stale, detach, mount, MountError, Mounted, Unmounter};
+pub use mount::{clear_stale, detach, is_vaultfs_mount, mount, MountError, Mounted, Unmounter};

@@ -40,13 +40,16 @@ pub enum MountError {
         reason: String,
     },
     /// The kernel or fusermount refused the mount.
-    #[error("the kernel refused the mount at {path}: {source}")]
+    #[error("the kernel refused the mount at {path}: {error}")]
     Mount {
         /// The mountpoint.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
+    /// A live vaultfs mount is already there.
+    #[error("{0} is already a vaultfs mount; unmount it first (vaultfs umount)")]
+    AlreadyMounted(PathBuf),
 }
 
 /// A live mount. [`Mounted::run`] serves it until it is unmounted.
@@ -105,10 +108,53 @@ pub fn detach(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Whether `path` is the mountpoint of a vaultfs mount (live or stale), per mountinfo.
+pub fn is_vaultfs_mount(path: &Path) -> io::Result<bool> {
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    let wanted = escape_mountinfo(path);
+    Ok(info.split(|&b| b == b'\n').any(|line| {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
+            return false;
+        };
+        fields.get(4) == Some(&wanted.as_slice())
+            && fields.get(sep + 1).is_some_and(|t| t.starts_with(b"fuse"))
+            && fields
+                .get(sep + 2)
+                .is_some_and(|s| s.starts_with(b"vaultfs"))
+    }))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn escape_mountinfo(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => out.extend(format!("\\{b:03o}").bytes()),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+/// Whether the filesystem mounted at `path` answers: `statfs` always reaches a FUSE daemon
+/// (a `stat` may be answered from the kernel's attribute cache even when the daemon is dead).
+fn answers(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: c is a valid path and buf a valid out-parameter.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Clears a mount left at `path` by a daemon that died ("Transport endpoint is not connected").
 /// Returns whether there was one.
 pub fn clear_stale(path: &Path) -> io::Result<bool> {
-    match std::fs::metadata(path) {
+    match answers(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(
                 "{}: clearing a stale mount left by a daemon that died",
@@ -140,6 +186,9 @@ fn prepare_mountpoint(path: &Path, kind: EntryKind) -> Result<(), MountError> {
         reason,
     };
     clear_stale(path).map_err(|e| fail(format!("cannot clear a stale mount: {e}")))?;
+    if is_vaultfs_mount(path).unwrap_or(false) {
+        return Err(MountError::AlreadyMounted(path.to_owned()));
+    }
     match (std::fs::metadata(path), kind) {
         (Ok(m), EntryKind::Dir) if m.is_dir() => Ok(()),
         (Ok(m), EntryKind::File) if m.is_file() => Ok(()),
@@ -217,27 +266,27 @@ pub fn mount(
     config.clone_fd = true;
 
     let session =
-        Session::new(VaultFs::new(shared.clone()), mountpoint, &config).map_err(|source| {
+        Session::new(VaultFs::new(shared.clone()), mountpoint, &config).map_err(|error| {
             MountError::Mount {
                 path: mountpoint.to_owned(),
-                source,
+                error,
             }
         })?;
     let notifier = session.notifier();
     std::thread::Builder::new()
         .name("vaultfs-notify".into())
         .spawn(move || invalidate::run_notifier(invalidator, queue, notifier))
-        .map_err(|e| MountError::Mount {
+        .map_err(|error| MountError::Mount {
             path: mountpoint.to_owned(),
-            source: e,
+            error,
         })?;
     let weak = Arc::downgrade(&shared);
     std::thread::Builder::new()
         .name("vaultfs-refresh".into())
         .spawn(move || refresh_loop(weak))
-        .map_err(|e| MountError::Mount {
+        .map_err(|error| MountError::Mount {
             path: mountpoint.to_owned(),
-            source: e,
+            error,
         })?;
     Ok(Mounted {
         session,
@@ -250,11 +299,13 @@ pub fn mount(
 fn refresh_loop(shared: Weak<Shared>) {
     let mut failing = false;
     loop {
-        std::thread::sleep(POLL_INTERVAL);
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match shared.refresh(false) {
+        let round = shared.next_round(POLL_INTERVAL);
+        let result = shared.refresh();
+        shared.finish_round(round);
+        match result {
             Ok(_) if failing => {
                 tracing::warn!("{}: the store is readable again", shared.describe());
                 failing = false;

@@ -46,14 +46,19 @@ pub fn mount(
             Err(parent_exit) => return Ok(parent_exit),
         }
     };
-    daemon::serve(&store_path, cred, &[spec], readiness, log_file)?;
-    Ok(ExitCode::SUCCESS)
+    let daemonized = matches!(readiness, Readiness::Parent(_));
+    match daemon::serve(&store_path, cred, &[spec], readiness, log_file) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The parent has printed the error already.
+        Err(e) if daemonized => Ok(crate::exit::code_for(&e)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Unmounts a vaultfs mount; its daemon sees the session end and exits 0.
 pub fn umount(mountpoint: &Path) -> Result<()> {
     let path = absolute(mountpoint)?;
-    if !is_vaultfs_mount(&path)? {
+    if !vaultfs_fs::is_vaultfs_mount(&path).context("cannot read /proc/self/mountinfo")? {
         crate::exit::usage!("{}: not a vaultfs mount", path.display());
     }
     // SAFETY: geteuid has no preconditions.
@@ -87,34 +92,4 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
         return Ok(());
     }
     Err(err).with_context(|| format!("cannot unmount {}", path.display()))
-}
-
-/// Whether `path` is the mountpoint of a vaultfs mount, from /proc/self/mountinfo. Stale mounts
-/// (a dead daemon) count, so `umount` can clear them too.
-pub fn is_vaultfs_mount(path: &Path) -> Result<bool> {
-    let info = std::fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    let wanted = escape_mountinfo(path);
-    Ok(info.split(|&b| b == b'\n').any(|line| {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            return false;
-        };
-        fields.get(4) == Some(&wanted.as_slice())
-            && fields.get(sep + 1).is_some_and(|t| t.starts_with(b"fuse"))
-            && fields
-                .get(sep + 2)
-                .is_some_and(|s| s.starts_with(b"vaultfs"))
-    }))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn escape_mountinfo(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &b in path.as_os_str().as_bytes() {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\\' => out.extend(format!("\\{b:03o}").bytes()),
-            _ => out.push(b),
-        }
-    }
-    out
 }

@@ -1,0 +1,182 @@
+//! Helpers for tests that mount: guards that never leave a mount behind, real Unix users, and
+//! waiting with a deadline (a hang fails the test instead of blocking CI).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::common::{is_root, TestStore};
+
+/// Mount tests need root (mount(2), allow_other, useradd) and /dev/fuse. Under CI both are
+/// guaranteed, so their absence fails; elsewhere the test is skipped with a line saying why.
+pub fn can_mount() -> bool {
+    let ok = is_root() && Path::new("/dev/fuse").exists();
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("mount tests need root and /dev/fuse under CI");
+        }
+        eprintln!("skipping: mount tests need root and /dev/fuse");
+    }
+    ok
+}
+
+/// Lazily unmounts its mountpoint on drop, so a failing test leaves nothing mounted.
+pub struct MountGuard {
+    pub path: PathBuf,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+    }
+}
+
+impl TestStore {
+    /// A path inside the test's directory (world-traversable, so other users can reach mounts).
+    pub fn path(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755));
+        self.dir.path().join(name)
+    }
+
+    /// `vaultfs mount SOURCE MOUNTPOINT` (daemonized); the guard unmounts.
+    pub fn mount(&self, source: &str, mountpoint: &Path) -> MountGuard {
+        let out = self.run(&["mount", source, mountpoint.to_str().unwrap()], b"");
+        assert!(
+            out.status.success(),
+            "mount {source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            is_mounted(mountpoint),
+            "mount returned before the mount was ready"
+        );
+        MountGuard {
+            path: mountpoint.to_owned(),
+        }
+    }
+
+    /// `vaultfs mount --foreground`, as a child the test can signal.
+    pub fn mount_foreground(&self, source: &str, mountpoint: &Path) -> (Child, MountGuard) {
+        let child = self
+            .cmd()
+            .args([
+                "mount",
+                "--foreground",
+                source,
+                mountpoint.to_str().unwrap(),
+            ])
+            .spawn()
+            .expect("spawn mount --foreground");
+        wait_until(Duration::from_secs(10), "the foreground mount", || {
+            is_mounted(mountpoint)
+        });
+        (
+            child,
+            MountGuard {
+                path: mountpoint.to_owned(),
+            },
+        )
+    }
+}
+
+/// Whether `path` is a mountpoint of a vaultfs filesystem (live or stale).
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = path.to_str().unwrap();
+    info.lines().any(|l| {
+        l.split(' ').nth(4) == Some(want)
+            && l.split(" - ").nth(1).is_some_and(|r| r.contains("vaultfs"))
+    })
+}
+
+/// Polls `cond` until it holds, failing the test after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `f` on a thread and fails the test if it does not finish within `limit`: the way to
+/// assert "never hangs" without a timed performance assertion.
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}: it hangs"))
+}
+
+static USERS: Mutex<()> = Mutex::new(());
+
+/// Creates (once) a system user `name`, optionally in supplementary group `group`.
+pub fn user(name: &str, group: Option<&str>) -> u32 {
+    let _lock = USERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(g) = group {
+        if !Command::new("getent")
+            .args(["group", g])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            let out = Command::new("groupadd").arg(g).output().unwrap();
+            assert!(out.status.success(), "groupadd {g}: {out:?}");
+        }
+    }
+    if !Command::new("id")
+        .arg(name)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        let mut c = Command::new("useradd");
+        c.args(["-M", "-s", "/bin/sh", name]);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "useradd {name}: {out:?}");
+    }
+    if let Some(g) = group {
+        let out = Command::new("usermod")
+            .args(["-aG", g, name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "usermod {name}: {out:?}");
+    }
+    let out = Command::new("id").args(["-u", name]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Runs a shell command as `user` (with their supplementary groups).
+pub fn as_user(user: &str, script: &str) -> Output {
+    Command::new("runuser")
+        .args(["-u", user, "--", "sh", "-c", script])
+        .output()
+        .expect("runuser")
+}
+
+/// Reads `path` as `user`: the content, or the error text.
+pub fn cat_as(user: &str, path: &Path) -> Result<Vec<u8>, String> {
+    let out = as_user(user, &format!("cat '{}'", path.display()));
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
