@@ -1,5 +1,6 @@
 //! Integration tests: they run the real `vaultfs` binary against real stores and mounts.
 
+mod clients;
 mod common;
 mod mount;
 mod mounts;
