@@ -55,6 +55,16 @@ pub enum Command {
         /// VAULT:/PATH
         address: String,
     },
+    /// Copy every file under a directory into a vault in one transaction (all or nothing)
+    #[command(
+        after_help = "Examples:\n  vaultfs import /run/secrets app            # migrate from a sops-nix or agenix ramfs\n  vaultfs import ./keys ssh:/hosts/web"
+    )]
+    Import {
+        /// The directory to read (symlinks to files are followed)
+        dir: PathBuf,
+        /// VAULT or VAULT:/DIR to import into
+        address: String,
+    },
     /// Write the secret at VAULT:/PATH to stdout, byte for byte
     #[command(after_help = "Example:\n  vaultfs cat nix:/nix-tokens")]
     Cat {

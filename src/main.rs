@@ -25,6 +25,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Vault(cmd) => vaults::vault(cli, cmd),
         Command::Write { address } => secrets::write(cli, address),
         Command::Cat { address } => secrets::cat(cli, address),
+        Command::Import { dir, address } => secrets::import(cli, dir, address),
         Command::Ls { long, address } => secrets::ls(cli, address, *long),
         Command::Rm { recursive, address } => secrets::rm(cli, address, *recursive),
         Command::Mv { from, to } => secrets::mv(cli, from, to),

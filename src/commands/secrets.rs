@@ -1,9 +1,10 @@
 //! `write`, `cat`, `ls`, `rm`, `mv`, `mkdir`.
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::{Context, Result};
-use vaultfs_store::{Address, MAX_SECRET_SIZE};
+use vaultfs_store::{Address, VaultPath, MAX_SECRET_SIZE};
 
 use crate::cli::Cli;
 use crate::credentials;
@@ -19,6 +20,63 @@ pub fn write(cli: &Cli, address: &str) -> Result<()> {
             anyhow::anyhow!("{addr}: the secret on stdin is larger than {MAX_SECRET_SIZE} bytes")
         })?;
     store.write(&addr, value.expose())?;
+    Ok(())
+}
+
+/// Copies every file under `dir` into `address` (a vault or a directory of one).
+pub fn import(cli: &Cli, dir: &Path, address: &str) -> Result<()> {
+    let base = Address::parse(address)?;
+    let mut found = Vec::new();
+    collect_files(dir, &base.path, &mut found)?;
+    if found.is_empty() {
+        crate::exit::usage!("{}: no files to import", dir.display());
+    }
+    let mut store = credentials::open_store(cli)?;
+    let count = store
+        .write_many(
+            &base.vault,
+            found.iter().map(|(path, value)| (path, value.expose())),
+        )
+        .with_context(|| format!("importing {} (nothing was written)", dir.display()))?;
+    eprintln!("imported {count} secret(s) into {base}");
+    Ok(())
+}
+
+/// Walks `dir`, pairing each file's vault path under `at` with its content.
+fn collect_files(
+    dir: &Path,
+    at: &VaultPath,
+    out: &mut Vec<(VaultPath, vaultfs_store::SecretBytes)>,
+) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut entries: Vec<_> = entries
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot read {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            crate::exit::usage!("{}: the name is not UTF-8", path.display());
+        };
+        if let Err(reason) = vaultfs_store::validate_name(&name) {
+            crate::exit::usage!("{}: cannot be a secret name: {reason}", path.display());
+        }
+        let meta = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?;
+        if meta.is_dir() {
+            collect_files(&path, &at.join(&name), out)?;
+        } else if meta.is_file() {
+            let file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+            let value = credentials::read_secret(file, MAX_SECRET_SIZE as u64)
+                .with_context(|| format!("{}", path.display()))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{}: larger than {MAX_SECRET_SIZE} bytes", path.display())
+                })?;
+            out.push((at.join(&name), value));
+        } else {
+            crate::exit::usage!("{}: not a regular file or directory", path.display());
+        }
+    }
     Ok(())
 }
 

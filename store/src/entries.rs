@@ -101,51 +101,95 @@ fn make_dirs(
     Ok(parent)
 }
 
+fn check_size(addr: &Address, value: &[u8]) -> Result<()> {
+    if value.len() > MAX_SECRET_SIZE {
+        return Err(StoreError::TooLarge {
+            path: addr.to_string(),
+            size: value.len(),
+            limit: MAX_SECRET_SIZE,
+        });
+    }
+    Ok(())
+}
+
+/// Writes one secret inside a write transaction.
+fn write_in(
+    tx: &Connection,
+    keys: &Keys,
+    vault: &OpenVault,
+    generation: i64,
+    addr: &Address,
+    value: &[u8],
+) -> Result<Entry> {
+    let name = addr
+        .path
+        .file_name()
+        .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
+    let dirs = &addr.path.components()[..addr.path.components().len() - 1];
+    let parent = make_dirs(tx, keys, vault, generation, addr, dirs)?;
+    let existing = rows::lookup(tx, &keys.store_id, vault, parent, name)?;
+    let content = |acl| RowContent {
+        parent,
+        name,
+        kind: EntryKind::File,
+        acl,
+        value: Some(value),
+        mtime_ns: now_ns(),
+    };
+    match existing {
+        Some(old) if old.is_dir() => Err(StoreError::IsADirectory(addr.to_string())),
+        Some(old) => rows::rewrite(
+            tx,
+            &keys.store_id,
+            vault,
+            generation,
+            &old,
+            &content(old.acl.clone()),
+        ),
+        None => rows::insert(
+            tx,
+            &keys.store_id,
+            vault,
+            generation,
+            &content(AclOverride::default()),
+        ),
+    }
+}
+
 impl Store {
     /// Stores `value` at `addr`, creating parent directories; replaces an existing secret.
     pub fn write(&mut self, addr: &Address, value: &[u8]) -> Result<Entry> {
-        let name = addr
-            .path
-            .file_name()
-            .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
-        if value.len() > MAX_SECRET_SIZE {
-            return Err(StoreError::TooLarge {
-                path: addr.to_string(),
-                size: value.len(),
-                limit: MAX_SECRET_SIZE,
-            });
-        }
+        check_size(addr, value)?;
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
-            let dirs = &addr.path.components()[..addr.path.components().len() - 1];
-            let parent = make_dirs(tx, keys, &vault, generation, addr, dirs)?;
-            let existing = rows::lookup(tx, &keys.store_id, &vault, parent, name)?;
-            let content = |acl| RowContent {
-                parent,
-                name,
-                kind: EntryKind::File,
-                acl,
-                value: Some(value),
-                mtime_ns: now_ns(),
-            };
-            match existing {
-                Some(old) if old.is_dir() => Err(StoreError::IsADirectory(addr.to_string())),
-                Some(old) => rows::rewrite(
-                    tx,
-                    &keys.store_id,
-                    &vault,
-                    generation,
-                    &old,
-                    &content(old.acl.clone()),
-                ),
-                None => rows::insert(
-                    tx,
-                    &keys.store_id,
-                    &vault,
-                    generation,
-                    &content(AclOverride::default()),
-                ),
+            write_in(tx, keys, &vault, generation, addr, value)
+        })
+    }
+
+    /// Stores many secrets in one transaction: all of them or, on any error, none. Each item
+    /// is `(path inside the vault, value)`; this is what `vaultfs import` uses, and it is
+    /// thousands of times faster than one transaction (one fsync) per secret.
+    pub fn write_many<'a>(
+        &mut self,
+        vault_name: &str,
+        items: impl IntoIterator<Item = (&'a VaultPath, &'a [u8])>,
+    ) -> Result<usize> {
+        let items: Vec<(Address, &[u8])> = items
+            .into_iter()
+            .map(|(path, value)| {
+                let addr = Address {
+                    vault: vault_name.to_owned(),
+                    path: path.clone(),
+                };
+                check_size(&addr, value).map(|()| (addr, value))
+            })
+            .collect::<Result<_>>()?;
+        self.write_txn(|tx, generation, keys| {
+            let vault = keys.open_vault_by_name(tx, vault_name)?;
+            for (addr, value) in &items {
+                write_in(tx, keys, &vault, generation, addr, value)?;
             }
+            Ok(items.len())
         })
     }
 
