@@ -2,5 +2,6 @@
 
 mod clients;
 mod common;
+mod import;
 mod mount;
 mod mounts;
