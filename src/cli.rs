@@ -44,10 +44,16 @@ pub enum Command {
         kdf: KdfArgs,
     },
     /// Manage key slots (credentials that unlock the store)
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  vaultfs key list\n  vaultfs key add --new-key-file /root/backup.key\n  vaultfs key remove 1"
+    )]
     Key(KeyCommand),
     /// Manage vaults
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  vaultfs vault create nix --owner root --mode 0400\n  vaultfs vault list\n  vaultfs vault remove old --force"
+    )]
     Vault(VaultCommand),
     /// Store stdin as the secret at VAULT:/PATH (creating parent directories)
     #[command(after_help = "Example:\n  printf '%s' \"$TOKEN\" | vaultfs write nix:/nix-tokens")]
@@ -109,7 +115,10 @@ pub enum Command {
         address: String,
     },
     /// Show or change ownership and permissions
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  vaultfs acl show ssh:/id_ed25519\n  vaultfs acl set ssh --owner alice --mode 0400"
+    )]
     Acl(AclCommand),
     /// Run a command with secrets in its environment (exec: signals and exit codes pass through)
     #[command(

@@ -1,7 +1,16 @@
 //! Integration tests: they run the real `vaultfs` binary against real stores and mounts.
 
-mod clients;
+// The shared harness: the binary, a fresh store per test, random names and values.
 mod common;
-mod import;
-mod mount;
+// Helpers for tests that mount: guards, real users, deadlines.
 mod mounts;
+
+// The store and the CLI: round trips, no plaintext on disk, tamper detection, credentials,
+// addresses, concurrency, key slots, `env`, ACLs and help.
+mod cli;
+mod import;
+
+// The FUSE mount: attributes, permissions, rotation, signals, stale mounts, stalls.
+mod mount;
+// Real clients through a mount: nix, curl, ssh-keygen, bubblewrap.
+mod clients;

@@ -196,22 +196,24 @@ impl Store {
     /// The value of the secret at `addr`.
     pub fn read(&self, addr: &Address) -> Result<SecretBytes> {
         let vault = self.open_vault(&addr.vault)?;
-        let chain = resolve_chain(&self.conn, &self.keys, &vault, addr)?;
-        let entry = chain
-            .last()
-            .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
-        if entry.is_dir() {
-            return Err(StoreError::IsADirectory(addr.to_string()));
-        }
-        rows::read_value(
-            &self.conn,
-            &self.keys.store_id,
-            &vault,
-            entry.id,
-            entry.version,
-        )?
-        .ok_or_else(|| StoreError::NotFound(addr.to_string()))
-        .map_err(|e| retag(e, addr))
+        let read = || {
+            let chain = resolve_chain(&self.conn, &self.keys, &vault, addr)?;
+            let entry = chain
+                .last()
+                .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
+            if entry.is_dir() {
+                return Err(StoreError::IsADirectory(addr.to_string()));
+            }
+            rows::read_value(
+                &self.conn,
+                &self.keys.store_id,
+                &vault,
+                entry.id,
+                entry.version,
+            )?
+            .ok_or_else(|| StoreError::NotFound(addr.to_string()))
+        };
+        read().map_err(|e| retag(e, addr))
     }
 
     /// Describes the entry at `addr` (the root when `addr` names the vault).

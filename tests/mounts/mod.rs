@@ -34,13 +34,6 @@ impl Drop for MountGuard {
 }
 
 impl TestStore {
-    /// A path inside the test's directory (world-traversable, so other users can reach mounts).
-    pub fn path(&self, name: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755));
-        self.dir.path().join(name)
-    }
-
     /// `vaultfs mount SOURCE MOUNTPOINT` (daemonized); the guard unmounts.
     pub fn mount(&self, source: &str, mountpoint: &Path) -> MountGuard {
         let out = self.run(&["mount", source, mountpoint.to_str().unwrap()], b"");
