@@ -551,3 +551,40 @@ fn serve_check_rejects_bad_configs() {
     );
     assert_eq!(err.lines().count(), 1);
 }
+
+#[test]
+fn foreground_mount_tells_systemd_it_is_ready() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    ts.write("app:/s", b"value");
+    let socket_path = ts.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mnt = ts.path("mnt");
+    let mut daemon = ts
+        .cmd()
+        .env("NOTIFY_SOCKET", &socket_path)
+        .args(["mount", "--foreground", "app", mnt.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let _g = MountGuard { path: mnt.clone() };
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a READY=1 datagram");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.lines().any(|l| l == "READY=1"), "{message}");
+    // Ready means usable: no polling needed.
+    assert_eq!(std::fs::read(mnt.join("s")).unwrap(), b"value");
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGINT) };
+    let status = within(Duration::from_secs(10), "daemon exit", move || {
+        daemon.wait().unwrap()
+    });
+    assert!(status.success());
+    let n = socket.recv(&mut buf).expect("a STOPPING=1 datagram");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
