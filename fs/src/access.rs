@@ -28,11 +28,12 @@ pub fn allowed(node: &Node, caller: Caller, want: u16) -> bool {
     if caller.uid == 0 {
         return true;
     }
-    let bits = |shift: u16| (node.perm >> shift) & want == want;
-    if node.uid == Some(caller.uid) {
+    let perm = node.perm();
+    let bits = |shift: u16| (perm >> shift) & want == want;
+    if node.acl.owner == Some(caller.uid) {
         return bits(6);
     }
-    if let Some(gid) = node.gid {
+    if let Some(gid) = node.acl.group {
         // Supplementary groups cost a read of /proc; ask only when the answer matters.
         if bits(3) != bits(0) && in_group(caller, gid) {
             return bits(3);
@@ -51,23 +52,19 @@ fn in_group(caller: Caller, gid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-    use vaultfs_store::{EntryKind, VaultPath};
+    use crate::view::Acl;
+    use vaultfs_store::EntryKind;
 
-    fn node(uid: Option<u32>, gid: Option<u32>, perm: u16) -> Node {
+    fn node(owner: Option<u32>, group: Option<u32>, mode: u16) -> Node {
         Node {
             id: 1,
             parent: 0,
             name: "s".into(),
-            path: VaultPath::root(),
             kind: EntryKind::File,
             version: 1,
             size: 1,
             mtime_ns: 0,
-            uid,
-            gid,
-            perm,
-            children: BTreeMap::new(),
+            acl: Acl { owner, group, mode },
         }
     }
 

@@ -16,12 +16,12 @@ use fuser::{
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
 };
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 use vaultfs_store::{StoreError, VaultPath, VaultReader};
 
 use crate::access::{self, Caller};
 use crate::invalidate::Invalidator;
-use crate::view::{Node, Rows, View};
+use crate::view::{Node, Stale, Tree};
 
 /// How long the kernel may cache names and attributes without asking. Changes are also pushed
 /// by invalidation; this bounds what a lost invalidation could cost.
@@ -41,9 +41,9 @@ const SETTLE_WAIT: Duration = Duration::from_millis(500);
 pub struct Shared {
     reader: VaultReader,
     source: VaultPath,
-    view: RwLock<Arc<View>>,
-    /// The rows behind the view; its lock serializes refreshes.
-    rows: Mutex<Rows>,
+    tree: RwLock<Tree>,
+    /// Serializes refreshes; the tree's own lock is held only to apply a fetched batch.
+    refreshing: Mutex<()>,
     /// Ids of rows that failed authentication, reported once each.
     damaged: Mutex<HashSet<i64>>,
     invalidator: Arc<Invalidator>,
@@ -68,24 +68,19 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Reads the whole vault and builds the first view.
+    /// Reads the whole vault and builds the first tree.
     pub fn load(
         reader: VaultReader,
         source: VaultPath,
         invalidator: Arc<Invalidator>,
     ) -> Result<Shared, StoreError> {
         let snap = reader.snapshot()?;
-        let rows = Rows {
-            generation: snap.generation,
-            vault: snap.vault,
-            entries: snap.entries.into_iter().map(|e| (e.id, e)).collect(),
-        };
-        let view = View::build(&rows, &source);
+        let tree = Tree::new(snap.generation, snap.vault, snap.entries, source.clone());
         let shared = Shared {
             reader,
             source,
-            view: RwLock::new(Arc::new(view)),
-            rows: Mutex::new(rows),
+            tree: RwLock::new(tree),
+            refreshing: Mutex::new(()),
             damaged: Mutex::new(HashSet::new()),
             invalidator,
             rounds: Mutex::new(Rounds::default()),
@@ -95,15 +90,16 @@ impl Shared {
         Ok(shared)
     }
 
-    /// The current view.
-    pub fn view(&self) -> Arc<View> {
-        self.view.read().clone()
+    /// The tree, for reading. Hold the guard only while building a reply, never across a
+    /// wait: a refresh needs the write side.
+    pub fn tree(&self) -> RwLockReadGuard<'_, Tree> {
+        self.tree.read()
     }
 
     /// Asks the refresher thread for a refresh and waits up to `limit` for it. A handler that
     /// must stay instant uses this instead of reading the store itself: it can be delayed by
     /// `limit` at most, however stuck the store is.
-    pub fn refreshed_within(&self, limit: Duration) -> Arc<View> {
+    pub fn wait_for_refresh(&self, limit: Duration) {
         let mut rounds = self.rounds.lock();
         rounds.requested += 1;
         let mine = rounds.requested;
@@ -118,8 +114,6 @@ impl Shared {
                 break;
             }
         }
-        drop(rounds);
-        self.view()
     }
 
     /// For the refresher thread: waits until a round is asked for or `poll` passes, and
@@ -144,70 +138,41 @@ impl Shared {
         format!("{}:{}", self.reader.vault_name(), self.source)
     }
 
-    /// Brings the view up to date with the store, waiting (bounded) for a refresh running on
-    /// another thread rather than repeat it.
-    pub fn refresh(&self) -> Result<Arc<View>, StoreError> {
-        let current = self.view();
+    /// Brings the tree up to date with the store, waiting (bounded) for a refresh running on
+    /// another thread rather than repeat it. The store is read without the tree's lock, so
+    /// handlers keep answering while a refresh waits on SQLite.
+    pub fn refresh(&self) -> Result<(), StoreError> {
         let generation = self.reader.generation()?;
-        if generation == current.generation {
-            return Ok(current);
+        if generation == self.tree().generation {
+            return Ok(());
         }
-        let Some(mut rows) = self.rows.try_lock_for(REFRESH_WAIT) else {
+        let Some(_serial) = self.refreshing.try_lock_for(REFRESH_WAIT) else {
             return Err(StoreError::Busy(self.reader.store_path().clone()));
         };
-        if rows.generation >= generation {
+        let (known, vault_version) = {
+            let tree = self.tree();
+            (tree.generation, tree.vault.version)
+        };
+        if known >= generation {
             // Another thread refreshed while we waited.
-            return Ok(self.view());
+            return Ok(());
         }
-        let changes = self
-            .reader
-            .changes_since(rows.generation, rows.vault.version)?;
-        rows.generation = changes.generation;
-        if let Some(vault) = changes.vault {
-            rows.vault = vault;
-        }
-        for id in &changes.deleted {
-            rows.entries.remove(id);
-        }
-        for (id, _) in &changes.damaged {
-            rows.entries.remove(id);
-        }
-        for e in changes.upserts {
-            rows.entries.insert(e.id, e);
-        }
-        let new = Arc::new(View::build(&rows, &self.source));
-        let old = self.view();
-        self.queue_invalidations(&old, &new);
-        *self.view.write() = new.clone();
-        drop(rows);
-        self.report_damaged(changes.damaged);
-        Ok(new)
-    }
-
-    /// Marks and queues every cache the kernel may hold that `new` contradicts. Marks go in
-    /// before `new` is published, so an open that sees `new` also sees the mark.
-    fn queue_invalidations(&self, old: &View, new: &View) {
-        let inv = &self.invalidator;
-        if old.root != new.root {
-            inv.inode(new.root.unwrap_or(-1), fuser::INodeNo::ROOT);
-        }
-        for (id, before) in &old.nodes {
-            match new.nodes.get(id) {
-                Some(after) if after == before => {}
-                Some(after) => {
-                    if after.name != before.name || after.parent != before.parent {
-                        inv.entry(old.ino(before.parent), &before.name);
-                    }
-                    inv.inode(*id, new.ino(*id));
-                }
-                None => {
-                    if Some(*id) != old.root {
-                        inv.entry(old.ino(before.parent), &before.name);
-                    }
-                    inv.inode(*id, old.ino(*id));
-                }
+        let changes = self.reader.changes_since(known, vault_version)?;
+        let mut deleted = changes.deleted;
+        deleted.extend(changes.damaged.iter().map(|(id, _)| *id));
+        let mut tree = self.tree.write();
+        let stale = tree.apply(changes.generation, changes.vault, changes.upserts, &deleted);
+        // Marks go in before the write lock drops, so an open that sees the new tree also
+        // sees that the kernel's copy is stale.
+        for s in stale {
+            match s {
+                Stale::Inode(id, ino) => self.invalidator.inode(id, ino),
+                Stale::Name(parent, name) => self.invalidator.entry(parent, &name),
             }
         }
+        drop(tree);
+        self.report_damaged(changes.damaged);
+        Ok(())
     }
 
     fn report_damaged(&self, damaged: Vec<(i64, StoreError)>) {
@@ -219,25 +184,24 @@ impl Shared {
         }
     }
 
-    /// The value of `node` for a handle opened at `version`: that version if it is still
+    /// The value of entry `id` for a handle opened at `version`: that version if it is still
     /// current, else the newest (a handle opened before a rotation reads the rotated value
     /// rather than fail, and never refills the page cache with the old one).
-    fn value(&self, node: &Node, version: i64) -> Result<vaultfs_store::SecretBytes, StoreError> {
-        if let Some(v) = self.reader.read_value(node.id, version)? {
+    fn value(&self, id: i64, version: i64) -> Result<vaultfs_store::SecretBytes, StoreError> {
+        if let Some(v) = self.reader.read_value(id, version)? {
             return Ok(v);
         }
         for _ in 0..3 {
-            let Some(entry) = self.reader.entry(node.id)? else {
+            let Some(entry) = self.reader.entry(id)? else {
                 break;
             };
-            if let Some(v) = self.reader.read_value(node.id, entry.version)? {
+            if let Some(v) = self.reader.read_value(id, entry.version)? {
                 return Ok(v);
             }
         }
         Err(StoreError::NotFound(format!(
-            "{}:{}",
-            self.reader.vault_name(),
-            node.path
+            "{}: entry #{id}",
+            self.reader.vault_name()
         )))
     }
 }
@@ -256,7 +220,7 @@ impl VaultFs {
 
     /// Refreshes for an operation that must see the latest state, answering EIO (with one log
     /// line) when the store cannot be read in bounded time.
-    fn fresh_view(&self, what: &str) -> Result<Arc<View>, Errno> {
+    fn refresh(&self, what: &str) -> Result<(), Errno> {
         self.shared.refresh().map_err(|e| {
             tracing::warn!("{}: {what}: {e}", self.shared.describe());
             Errno::EIO
@@ -271,7 +235,13 @@ impl VaultFs {
         }
     }
 
-    fn check_open(&self, req: &Request, node: &Node, flags: OpenFlags) -> Result<(), Errno> {
+    fn check_open(
+        &self,
+        req: &Request,
+        tree: &Tree,
+        node: &Node,
+        flags: OpenFlags,
+    ) -> Result<(), Errno> {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return Err(Errno::EROFS);
         }
@@ -280,18 +250,18 @@ impl VaultFs {
             tracing::info!(
                 uid = caller.uid,
                 pid = caller.pid,
-                "{}: {} denied",
+                "{}:{} denied",
                 self.shared.reader.vault_name(),
-                node.path
+                tree.path(node)
             );
             return Err(Errno::EACCES);
         }
         tracing::debug!(
             uid = caller.uid,
             pid = caller.pid,
-            "{}: open {}",
+            "{}:{} opened",
             self.shared.reader.vault_name(),
-            node.path
+            tree.path(node)
         );
         Ok(())
     }
@@ -320,15 +290,18 @@ impl Filesystem for VaultFs {
         let Some(name) = name_str(name) else {
             return reply.error(Errno::ENOENT);
         };
-        let find = |view: &View| {
-            let dir = view.node(parent)?;
-            let child = view.child(dir, name)?;
-            Some(child.attr(view.ino(child.id)))
+        let find = || {
+            let tree = self.shared.tree();
+            let dir = tree.node(parent)?;
+            let child = tree.child(dir, name)?;
+            Some(child.attr(tree.ino(child.id)))
         };
-        let view = self.shared.view();
         // A miss may be a secret created since the last refresh: look again after one, which
         // the refresher thread makes so this never waits on the store for long.
-        let attr = find(&view).or_else(|| find(&self.shared.refreshed_within(LOOKUP_MISS_WAIT)));
+        let attr = find().or_else(|| {
+            self.shared.wait_for_refresh(LOOKUP_MISS_WAIT);
+            find()
+        });
         match attr {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
             None => reply.error(Errno::ENOENT),
@@ -337,41 +310,43 @@ impl Filesystem for VaultFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         // Served from memory; the refresher keeps it within a poll interval of the store.
-        let view = self.shared.view();
-        match view.node(ino) {
+        let tree = self.shared.tree();
+        match tree.node(ino) {
             Some(node) => reply.attr(&TTL, &node.attr(ino)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let view = match self.fresh_view("open") {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let Some(node) = view.node(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        if node.is_dir() {
-            return reply.error(Errno::EISDIR);
-        }
-        if let Err(e) = self.check_open(req, node, flags) {
+        if let Err(e) = self.refresh("open") {
             return reply.error(e);
         }
+        let (id, version) = {
+            let tree = self.shared.tree();
+            let Some(node) = tree.node(ino) else {
+                return reply.error(Errno::ENOENT);
+            };
+            if node.is_dir() {
+                return reply.error(Errno::EISDIR);
+            }
+            if let Err(e) = self.check_open(req, &tree, node, flags) {
+                return reply.error(e);
+            }
+            (node.id, node.version)
+        };
         // The kernel may keep its pages only when they cannot be stale: after a change, wait
         // for the notifier to drop them (and the cached size); if that takes too long, this
         // open reads around the cache.
-        let cache = if self.shared.invalidator.settle(node.id, SETTLE_WAIT) {
+        let cache = if self.shared.invalidator.settle(id, SETTLE_WAIT) {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {
             tracing::debug!(
-                "{}: open {} around the cache",
-                self.shared.describe(),
-                node.path
+                "{}: entry #{id} opened around the cache",
+                self.shared.describe()
             );
             FopenFlags::FOPEN_DIRECT_IO
         };
-        reply.opened(FileHandle(node.version as u64), cache);
+        reply.opened(FileHandle(version as u64), cache);
     }
 
     fn read(
@@ -385,11 +360,10 @@ impl Filesystem for VaultFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let view = self.shared.view();
-        let Some(node) = view.node(ino) else {
+        let Some(id) = self.shared.tree().node(ino).map(|n| n.id) else {
             return reply.error(Errno::ENOENT);
         };
-        match self.shared.value(node, fh.0 as i64) {
+        match self.shared.value(id, fh.0 as i64) {
             Ok(value) => {
                 let bytes = value.expose();
                 let start = (offset as usize).min(bytes.len());
@@ -397,7 +371,14 @@ impl Filesystem for VaultFs {
                 reply.data(&bytes[start..end]);
             }
             Err(e) => {
-                tracing::error!("{}: read {}: {e}", self.shared.describe(), node.path);
+                let tree = self.shared.tree();
+                let path = tree.node(ino).map(|n| tree.path(n).to_string());
+                drop(tree);
+                tracing::error!(
+                    "{}:{}: {e}",
+                    self.shared.reader.vault_name(),
+                    path.as_deref().unwrap_or("?")
+                );
                 reply.error(Errno::EIO);
             }
         }
@@ -432,14 +413,14 @@ impl Filesystem for VaultFs {
     fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // Listing never waits on the store: a directory holds no secret, and the ACL it is
         // checked against is at most one poll interval old.
-        let view = self.shared.view();
-        let Some(node) = view.node(ino) else {
+        let tree = self.shared.tree();
+        let Some(node) = tree.node(ino) else {
             return reply.error(Errno::ENOENT);
         };
         if !node.is_dir() {
             return reply.error(Errno::ENOTDIR);
         }
-        match self.check_open(req, node, flags) {
+        match self.check_open(req, &tree, node, flags) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -453,27 +434,21 @@ impl Filesystem for VaultFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let view = self.shared.view();
-        let Some(dir) = view.node(ino) else {
+        let tree = self.shared.tree();
+        let Some(dir) = tree.node(ino) else {
             return reply.error(Errno::ENOENT);
-        };
-        let parent_ino = if ino == INodeNo::ROOT {
-            INodeNo::ROOT
-        } else {
-            view.ino(dir.parent)
         };
         let dots = [
             (ino, FileType::Directory, "."),
-            (parent_ino, FileType::Directory, ".."),
+            (tree.parent_ino(dir), FileType::Directory, ".."),
         ];
-        let children = dir.children.iter().filter_map(|(name, id)| {
-            let child = view.nodes.get(id)?;
+        let children = tree.children(dir).map(|(name, child)| {
             let kind = if child.is_dir() {
                 FileType::Directory
             } else {
                 FileType::RegularFile
             };
-            Some((view.ino(*id), kind, name.as_str()))
+            (tree.ino(child.id), kind, name)
         });
         for (i, (ino, kind, name)) in dots
             .into_iter()

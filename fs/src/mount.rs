@@ -178,6 +178,18 @@ pub fn clear_stale(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// Creates `path` and its missing parents with mode 0755 whatever the umask (the daemon's is
+/// 077), so the users an ACL names can reach a mount in a directory vaultfs created.
+fn create_dirs(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.exists()).collect();
+    for dir in missing.into_iter().rev() {
+        std::fs::DirBuilder::new().mode(0o755).create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
 /// Makes sure `path` exists with the kind the mounted root needs: a directory for a vault or
 /// a subtree, a regular file for one secret.
 fn prepare_mountpoint(path: &Path, kind: EntryKind) -> Result<(), MountError> {
@@ -200,16 +212,10 @@ fn prepare_mountpoint(path: &Path, kind: EntryKind) -> Result<(), MountError> {
         )),
         (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {
             let created = match kind {
-                EntryKind::Dir => std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(path),
+                EntryKind::Dir => create_dirs(path),
                 EntryKind::File => {
                     if let Some(parent) = path.parent() {
-                        std::fs::DirBuilder::new()
-                            .recursive(true)
-                            .mode(0o755)
-                            .create(parent)
+                        create_dirs(parent)
                             .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
                     }
                     std::fs::OpenOptions::new()
@@ -236,10 +242,17 @@ pub fn mount(
     let vault = reader.vault_name().to_owned();
     let (invalidator, queue) = Invalidator::new();
     let shared = Arc::new(Shared::load(reader, source.clone(), invalidator.clone())?);
-    let view = shared.view();
-    let kind = match view.node(fuser::INodeNo::ROOT) {
-        Some(node) => node.kind,
-        None => return Err(MountError::SourceMissing),
+    let kind = {
+        let tree = shared.tree();
+        for name in tree.unresolved_names() {
+            tracing::warn!(
+                "{vault}: {name} does not exist on this host; its access is granted to nobody"
+            );
+        }
+        match tree.node(fuser::INodeNo::ROOT) {
+            Some(node) => node.kind,
+            None => return Err(MountError::SourceMissing),
+        }
     };
     prepare_mountpoint(mountpoint, kind)?;
 

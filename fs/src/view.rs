@@ -1,8 +1,13 @@
-//! The mount's in-memory picture of its vault: every entry under the mounted path with its
-//! attributes and resolved ACL, rebuilt from the store's rows after each change. Handlers read
-//! an immutable [`View`] behind an `Arc`, so a rebuild never blocks a reader.
+//! The mount's in-memory picture of its vault: every row of the vault (names, ACL overrides,
+//! sizes; never values) and, for the entries under the mounted path, their attributes with the
+//! ACL resolved to uids and gids.
+//!
+//! Changes are applied incrementally: a rotated secret updates one node, a renamed or
+//! re-permissioned directory its subtree. Only a change of the vault's defaults or of the path
+//! leading to the mounted root rebuilds everything. So the first open after a change costs the
+//! same in a vault of ten secrets or of a hundred thousand.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
@@ -14,201 +19,15 @@ use crate::nss;
 /// grants that class to nobody, so showing `nobody` tells the truth.
 pub const UNRESOLVED_ID: u32 = 65534;
 
-/// Every row of the vault that opened, as the store gave them: the input of a rebuild.
-#[derive(Debug)]
-pub struct Rows {
-    /// The store's change counter these rows reflect.
-    pub generation: i64,
-    /// The vault's row: its default ACL.
-    pub vault: VaultInfo,
-    /// Entries by id.
-    pub entries: HashMap<i64, Entry>,
-}
-
-/// One directory or secret as the mount shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    /// Entry id ([`ROOT_PARENT`] for the vault's root directory).
-    pub id: i64,
-    /// Parent entry id.
-    pub parent: i64,
-    /// Name in the parent.
-    pub name: String,
-    /// The path inside the vault, for log lines.
-    pub path: VaultPath,
-    /// Directory or secret.
-    pub kind: EntryKind,
-    /// Bumped by the store on every change of the row.
-    pub version: i64,
-    /// Plaintext size.
-    pub size: u64,
-    /// Last change, ns since the epoch.
-    pub mtime_ns: i64,
-    /// The owner's uid, `None` when the name does not resolve.
-    pub uid: Option<u32>,
-    /// The group's gid, `None` when the name does not resolve.
-    pub gid: Option<u32>,
-    /// Permission bits as shown (directories get x wherever they get r).
-    pub perm: u16,
-    /// For a directory, its children by name.
-    pub children: BTreeMap<String, i64>,
-}
-
-impl Node {
-    /// The attributes reported to the kernel.
-    pub fn attr(&self, ino: INodeNo) -> FileAttr {
-        let mtime = UNIX_EPOCH + Duration::from_nanos(self.mtime_ns.max(0) as u64);
-        let is_dir = self.kind == EntryKind::Dir;
-        FileAttr {
-            ino,
-            size: self.size,
-            blocks: self.size.div_ceil(512),
-            atime: mtime,
-            mtime,
-            ctime: mtime,
-            crtime: mtime,
-            kind: if is_dir {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            },
-            perm: self.perm,
-            nlink: if is_dir { 2 } else { 1 },
-            uid: self.uid.unwrap_or(UNRESOLVED_ID),
-            gid: self.gid.unwrap_or(UNRESOLVED_ID),
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
-    }
-
-    /// Whether this is a directory.
-    pub fn is_dir(&self) -> bool {
-        self.kind == EntryKind::Dir
-    }
-}
-
-/// The mount's tree at one generation.
-#[derive(Debug)]
-pub struct View {
-    /// The store's change counter this view reflects.
-    pub generation: i64,
-    /// The entry id at the mounted path, `None` while nothing is there.
-    pub root: Option<i64>,
-    /// Every node under (and including) the mounted root, by entry id.
-    pub nodes: HashMap<i64, Node>,
-}
-
-impl View {
-    /// The inode number of entry `id`: the mounted root is always inode 1; every other entry
-    /// keeps `id + 1` for its whole life, through renames and rewrites.
-    pub fn ino(&self, id: i64) -> INodeNo {
-        if Some(id) == self.root {
-            INodeNo::ROOT
-        } else {
-            INodeNo(id as u64 + 1)
-        }
-    }
-
-    /// The node behind inode `ino`.
-    pub fn node(&self, ino: INodeNo) -> Option<&Node> {
-        let id = if ino == INodeNo::ROOT {
-            self.root?
-        } else {
-            ino.0.checked_sub(1)? as i64
-        };
-        // The root's own id + 1 is not a second name for it.
-        if ino != INodeNo::ROOT && Some(id) == self.root {
-            return None;
-        }
-        self.nodes.get(&id)
-    }
-
-    /// The child `name` of directory `parent`.
-    pub fn child(&self, parent: &Node, name: &str) -> Option<&Node> {
-        self.nodes.get(parent.children.get(name)?)
-    }
-
-    /// Builds the view of `source` (the mounted path) from `rows`.
-    pub fn build(rows: &Rows, source: &VaultPath) -> View {
-        let mut children: HashMap<i64, BTreeMap<String, i64>> = HashMap::new();
-        for e in rows.entries.values() {
-            children
-                .entry(e.parent)
-                .or_default()
-                .insert(e.name.clone(), e.id);
-        }
-        let mut ids = IdCache::default();
-        let vault_acl = &rows.vault.acl;
-        let mut acl = Acl {
-            owner: ids.user(&vault_acl.owner),
-            group: ids.group(&vault_acl.group),
-            mode: vault_acl.mode,
-        };
-        // Walk from the vault's root down to the mounted path, inheriting ACL overrides on
-        // the way: a mounted subtree keeps what its ancestors set.
-        let mut root = Some(ROOT_PARENT);
-        for name in source.components() {
-            let next = root.and_then(|id| children.get(&id)?.get(name).copied());
-            if let Some(entry) = next.and_then(|id| rows.entries.get(&id)) {
-                acl = acl.inherit(entry, &mut ids);
-            }
-            root = next;
-        }
-        let mut view = View {
-            generation: rows.generation,
-            root,
-            nodes: HashMap::new(),
-        };
-        let Some(root_id) = root else {
-            return view;
-        };
-        let root_node = match rows.entries.get(&root_id) {
-            Some(e) => node_from(e, source.clone(), acl, &mut children),
-            None => Node {
-                id: ROOT_PARENT,
-                parent: ROOT_PARENT,
-                name: String::new(),
-                path: VaultPath::root(),
-                kind: EntryKind::Dir,
-                version: rows.vault.version,
-                size: 0,
-                mtime_ns: rows.vault.created_ns,
-                uid: acl.owner,
-                gid: acl.group,
-                perm: projected_mode(acl.mode, true),
-                children: children.remove(&ROOT_PARENT).unwrap_or_default(),
-            },
-        };
-        let mut stack = vec![(root_id, acl)];
-        view.nodes.insert(root_id, root_node);
-        while let Some((dir_id, dir_acl)) = stack.pop() {
-            let (dir_path, kids) = {
-                let dir = &view.nodes[&dir_id];
-                (dir.path.clone(), dir.children.clone())
-            };
-            for (name, id) in kids {
-                let Some(entry) = rows.entries.get(&id) else {
-                    continue;
-                };
-                let acl = dir_acl.inherit(entry, &mut ids);
-                let node = node_from(entry, dir_path.join(&name), acl, &mut children);
-                if node.is_dir() {
-                    stack.push((id, acl));
-                }
-                view.nodes.insert(id, node);
-            }
-        }
-        view
-    }
-}
-
 /// An ACL with its names resolved to ids.
-#[derive(Clone, Copy, Debug)]
-struct Acl {
-    owner: Option<u32>,
-    group: Option<u32>,
-    mode: u16,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acl {
+    /// The owner's uid, `None` when the name does not resolve.
+    pub owner: Option<u32>,
+    /// The group's gid, `None` when the name does not resolve.
+    pub group: Option<u32>,
+    /// Permission bits before projection.
+    pub mode: u16,
 }
 
 impl Acl {
@@ -227,34 +46,414 @@ impl Acl {
     }
 }
 
-fn node_from(
-    e: &Entry,
-    path: VaultPath,
-    acl: Acl,
-    children: &mut HashMap<i64, BTreeMap<String, i64>>,
-) -> Node {
-    let is_dir = e.is_dir();
+/// One directory or secret as the mount shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Entry id ([`ROOT_PARENT`] for the vault's root directory).
+    pub id: i64,
+    /// Parent entry id.
+    pub parent: i64,
+    /// Name in the parent.
+    pub name: String,
+    /// Directory or secret.
+    pub kind: EntryKind,
+    /// Bumped by the store on every change of the row.
+    pub version: i64,
+    /// Plaintext size.
+    pub size: u64,
+    /// Last change, ns since the epoch.
+    pub mtime_ns: i64,
+    /// The resolved ACL, which children inherit.
+    pub acl: Acl,
+}
+
+impl Node {
+    /// Permission bits as shown (directories get x wherever they get r).
+    pub fn perm(&self) -> u16 {
+        projected_mode(self.acl.mode, self.is_dir())
+    }
+
+    /// The attributes reported to the kernel.
+    pub fn attr(&self, ino: INodeNo) -> FileAttr {
+        let mtime = UNIX_EPOCH + Duration::from_nanos(self.mtime_ns.max(0) as u64);
+        let is_dir = self.is_dir();
+        FileAttr {
+            ino,
+            size: self.size,
+            blocks: self.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: if is_dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
+            perm: self.perm(),
+            nlink: if is_dir { 2 } else { 1 },
+            uid: self.acl.owner.unwrap_or(UNRESOLVED_ID),
+            gid: self.acl.group.unwrap_or(UNRESOLVED_ID),
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+}
+
+/// A kernel cache the tree's changes made stale.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// An inode's attributes or data (entry id, inode).
+    Inode(i64, INodeNo),
+    /// A name in a directory.
+    Name(INodeNo, String),
+}
+
+/// The vault's rows and the mounted view of them, at one generation.
+#[derive(Debug)]
+pub struct Tree {
+    /// The store's change counter this tree reflects.
+    pub generation: i64,
+    /// The vault's row: its default ACL.
+    pub vault: VaultInfo,
+    source: VaultPath,
+    entries: HashMap<i64, Entry>,
+    children: HashMap<i64, BTreeMap<String, i64>>,
+    /// Entry ids from the vault's root down to the mounted root (inclusive).
+    root_chain: Vec<i64>,
+    nodes: HashMap<i64, Node>,
+}
+
+impl Tree {
+    /// A tree of `entries`, mounted at `source`.
+    pub fn new(generation: i64, vault: VaultInfo, entries: Vec<Entry>, source: VaultPath) -> Tree {
+        let mut tree = Tree {
+            generation,
+            vault,
+            source,
+            entries: HashMap::with_capacity(entries.len()),
+            children: HashMap::new(),
+            root_chain: Vec::new(),
+            nodes: HashMap::new(),
+        };
+        for e in entries {
+            tree.link(&e);
+            tree.entries.insert(e.id, e);
+        }
+        tree.rebuild_view();
+        tree
+    }
+
+    /// The entry id at the mounted path, `None` while nothing is there.
+    pub fn root(&self) -> Option<i64> {
+        if self.source.is_root() {
+            return Some(ROOT_PARENT);
+        }
+        (self.root_chain.len() == self.source.components().len())
+            .then(|| self.root_chain.last().copied())
+            .flatten()
+    }
+
+    /// The inode number of entry `id`: the mounted root is always inode 1; every other entry
+    /// keeps `id + 1` for its whole life, through renames and rewrites.
+    pub fn ino(&self, id: i64) -> INodeNo {
+        if Some(id) == self.root() {
+            INodeNo::ROOT
+        } else {
+            INodeNo(id as u64 + 1)
+        }
+    }
+
+    /// The node behind inode `ino`.
+    pub fn node(&self, ino: INodeNo) -> Option<&Node> {
+        let root = self.root();
+        let id = if ino == INodeNo::ROOT {
+            root?
+        } else {
+            let id = ino.0.checked_sub(1)? as i64;
+            // The root's own id + 1 is not a second name for it.
+            if Some(id) == root {
+                return None;
+            }
+            id
+        };
+        self.nodes.get(&id)
+    }
+
+    /// The inode of `node`'s parent (the root is its own parent, as `..` of a mount root).
+    pub fn parent_ino(&self, node: &Node) -> INodeNo {
+        if Some(node.id) == self.root() {
+            INodeNo::ROOT
+        } else {
+            self.ino(node.parent)
+        }
+    }
+
+    /// The child `name` of directory `dir`.
+    pub fn child(&self, dir: &Node, name: &str) -> Option<&Node> {
+        self.nodes.get(self.children.get(&dir.id)?.get(name)?)
+    }
+
+    /// The children of directory `dir`, by name.
+    pub fn children<'a>(&'a self, dir: &Node) -> impl Iterator<Item = (&'a str, &'a Node)> + 'a {
+        self.children
+            .get(&dir.id)
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, id)| Some((name.as_str(), self.nodes.get(id)?)))
+    }
+
+    /// The vault path of `node`, for log lines.
+    pub fn path(&self, node: &Node) -> VaultPath {
+        let mut names = Vec::new();
+        let mut id = node.id;
+        while let Some(e) = self.entries.get(&id) {
+            names.push(e.name.as_str());
+            id = e.parent;
+        }
+        names
+            .iter()
+            .rev()
+            .fold(VaultPath::root(), |path, name| path.join(name))
+    }
+
+    /// The owner and group names of the vault and its entries that do not resolve on this host.
+    pub fn unresolved_names(&self) -> Vec<String> {
+        let mut ids = IdCache::default();
+        let mut missing = Vec::new();
+        let users = std::iter::once(&self.vault.acl.owner)
+            .chain(self.entries.values().filter_map(|e| e.acl.owner.as_ref()));
+        for name in users.collect::<HashSet<_>>() {
+            if ids.user(name).is_none() {
+                missing.push(format!("user {name:?}"));
+            }
+        }
+        let groups = std::iter::once(&self.vault.acl.group)
+            .chain(self.entries.values().filter_map(|e| e.acl.group.as_ref()));
+        for name in groups.collect::<HashSet<_>>() {
+            if ids.group(name).is_none() {
+                missing.push(format!("group {name:?}"));
+            }
+        }
+        missing.sort();
+        missing
+    }
+
+    /// Applies one batch of changes from the store and reports the kernel caches it made
+    /// stale. `vault` is the vault's row when it changed.
+    pub fn apply(
+        &mut self,
+        generation: i64,
+        vault: Option<VaultInfo>,
+        upserts: Vec<Entry>,
+        deleted: &[i64],
+    ) -> Vec<Stale> {
+        self.generation = generation;
+        let mut rebuild = vault.is_some();
+        if let Some(v) = vault {
+            self.vault = v;
+        }
+        let mut touched = Vec::with_capacity(upserts.len() + deleted.len());
+        for id in deleted {
+            if let Some(old) = self.entries.remove(id) {
+                self.unlink(&old);
+                rebuild |= self.root_chain.contains(id);
+                touched.push(*id);
+            }
+        }
+        for e in upserts {
+            if let Some(old) = self.entries.get(&e.id) {
+                let old = old.clone();
+                self.unlink(&old);
+            }
+            self.link(&e);
+            rebuild |= self.root_chain.contains(&e.id)
+                || (self.root().is_none() && self.source.components().contains(&e.name));
+            touched.push(e.id);
+            self.entries.insert(e.id, e);
+        }
+        let before_root = self.root();
+        if rebuild {
+            let old_nodes = std::mem::take(&mut self.nodes);
+            let old_inos: HashMap<i64, INodeNo> =
+                old_nodes.keys().map(|id| (*id, self.ino(*id))).collect();
+            self.rebuild_view();
+            let mut stale = Vec::new();
+            if before_root != self.root() {
+                stale.push(Stale::Inode(self.root().unwrap_or(-1), INodeNo::ROOT));
+            }
+            for (id, before) in &old_nodes {
+                self.diff(*id, Some(before), old_inos[id], &mut stale);
+            }
+            for id in self.nodes.keys() {
+                if !old_nodes.contains_key(id) {
+                    stale.push(Stale::Inode(*id, self.ino(*id)));
+                }
+            }
+            return stale;
+        }
+        let mut stale = Vec::new();
+        let mut seen = HashSet::new();
+        for id in touched {
+            self.refresh_subtree(id, &mut seen, &mut stale);
+        }
+        stale
+    }
+
+    /// Records what changed for node `id` against its previous state `before`.
+    fn diff(&self, id: i64, before: Option<&Node>, old_ino: INodeNo, stale: &mut Vec<Stale>) {
+        let after = self.nodes.get(&id);
+        if before == after {
+            return;
+        }
+        if let Some(b) = before {
+            let moved = after.is_none_or(|a| a.name != b.name || a.parent != b.parent);
+            if moved && old_ino != INodeNo::ROOT {
+                // The old name must go even when the inode lives on elsewhere.
+                stale.push(Stale::Name(self.ino(b.parent), b.name.clone()));
+            }
+        }
+        stale.push(Stale::Inode(id, old_ino));
+    }
+
+    /// Re-resolves entry `id` and, where that changed anything inheritable, its subtree.
+    fn refresh_subtree(&mut self, id: i64, seen: &mut HashSet<i64>, stale: &mut Vec<Stale>) {
+        let mut ids = IdCache::default();
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            // Done once per batch; but an entry whose parent is not placed yet is retried
+            // when its parent's walk reaches it.
+            if seen.contains(&id) {
+                continue;
+            }
+            let before = self.nodes.remove(&id);
+            let ino = self.ino(id);
+            let parent_acl = self.entries.get(&id).and_then(|e| {
+                let parent = self.nodes.get(&e.parent)?;
+                parent.is_dir().then_some(parent.acl)
+            });
+            if let (Some(entry), Some(acl)) = (self.entries.get(&id), parent_acl) {
+                let node = node_from(entry, acl.inherit(entry, &mut ids));
+                self.nodes.insert(id, node);
+            }
+            let (was_dir, now_dir) = (
+                before.as_ref().is_some_and(Node::is_dir),
+                self.nodes.get(&id).is_some_and(Node::is_dir),
+            );
+            let inherited_changed =
+                before.as_ref().map(|n| n.acl) != self.nodes.get(&id).map(|n| n.acl);
+            let appeared_or_went = before.is_some() != self.nodes.contains_key(&id);
+            if self.nodes.contains_key(&id) {
+                seen.insert(id);
+            }
+            self.diff(id, before.as_ref(), ino, stale);
+            if (was_dir || now_dir) && (inherited_changed || appeared_or_went) {
+                if let Some(kids) = self.children.get(&id) {
+                    stack.extend(kids.values().copied());
+                }
+            }
+        }
+    }
+
+    fn link(&mut self, e: &Entry) {
+        self.children
+            .entry(e.parent)
+            .or_default()
+            .insert(e.name.clone(), e.id);
+    }
+
+    fn unlink(&mut self, e: &Entry) {
+        if let Some(kids) = self.children.get_mut(&e.parent) {
+            // Another entry may have taken the name already in this batch.
+            if kids.get(&e.name) == Some(&e.id) {
+                kids.remove(&e.name);
+            }
+        }
+    }
+
+    /// Resolves every node under the mounted root from scratch.
+    fn rebuild_view(&mut self) {
+        let mut ids = IdCache::default();
+        let mut acl = Acl {
+            owner: ids.user(&self.vault.acl.owner),
+            group: ids.group(&self.vault.acl.group),
+            mode: self.vault.acl.mode,
+        };
+        // Walk from the vault's root down to the mounted path, inheriting ACL overrides on
+        // the way: a mounted subtree keeps what its ancestors set.
+        self.root_chain.clear();
+        let mut at = ROOT_PARENT;
+        for name in self.source.components() {
+            let Some(next) = self.children.get(&at).and_then(|k| k.get(name)).copied() else {
+                break;
+            };
+            if let Some(entry) = self.entries.get(&next) {
+                acl = acl.inherit(entry, &mut ids);
+            }
+            self.root_chain.push(next);
+            at = next;
+        }
+        self.nodes.clear();
+        let Some(root) = self.root() else {
+            return;
+        };
+        let root_node = match self.entries.get(&root) {
+            Some(e) => node_from(e, acl),
+            None => Node {
+                id: ROOT_PARENT,
+                parent: ROOT_PARENT,
+                name: String::new(),
+                kind: EntryKind::Dir,
+                version: self.vault.version,
+                size: 0,
+                mtime_ns: self.vault.created_ns,
+                acl,
+            },
+        };
+        let mut stack = Vec::new();
+        if root_node.is_dir() {
+            stack.push(root);
+        }
+        self.nodes.insert(root, root_node);
+        while let Some(dir) = stack.pop() {
+            let dir_acl = self.nodes[&dir].acl;
+            let Some(kids) = self.children.get(&dir) else {
+                continue;
+            };
+            for id in kids.values() {
+                let Some(entry) = self.entries.get(id) else {
+                    continue;
+                };
+                let node = node_from(entry, dir_acl.inherit(entry, &mut ids));
+                if node.is_dir() {
+                    stack.push(*id);
+                }
+                self.nodes.insert(*id, node);
+            }
+        }
+    }
+}
+
+fn node_from(e: &Entry, acl: Acl) -> Node {
     Node {
         id: e.id,
         parent: e.parent,
         name: e.name.clone(),
-        path,
         kind: e.kind,
         version: e.version,
-        size: if is_dir { 0 } else { e.size },
+        size: if e.is_dir() { 0 } else { e.size },
         mtime_ns: e.mtime_ns,
-        uid: acl.owner,
-        gid: acl.group,
-        perm: projected_mode(acl.mode, is_dir),
-        children: if is_dir {
-            children.remove(&e.id).unwrap_or_default()
-        } else {
-            BTreeMap::new()
-        },
+        acl,
     }
 }
 
-/// NSS answers for one rebuild: a vault names few users and groups, so each is asked once.
+/// NSS answers for one update: a vault names few users and groups, so each is asked once.
 #[derive(Default)]
 struct IdCache {
     users: HashMap<String, Option<u32>>,
@@ -295,77 +494,236 @@ mod tests {
         }
     }
 
-    fn rows() -> Rows {
-        let mut entries = HashMap::new();
+    fn mode(m: u16) -> AclOverride {
+        AclOverride {
+            mode: Some(m),
+            ..AclOverride::default()
+        }
+    }
+
+    fn vault() -> VaultInfo {
+        VaultInfo {
+            id: 1,
+            name: "v".into(),
+            acl: VaultAcl {
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o400,
+            },
+            created_ns: 0,
+            version: 1,
+        }
+    }
+
+    fn entries() -> Vec<Entry> {
         let dir_acl = AclOverride {
             owner: None,
             group: Some("root".into()),
             mode: Some(0o440),
         };
-        entries.insert(1, entry(1, 0, "dir", EntryKind::Dir, dir_acl));
-        entries.insert(2, entry(2, 1, "a", EntryKind::File, AclOverride::default()));
         let own = AclOverride {
             owner: Some("no-such-user-vaultfs".into()),
             group: None,
             mode: None,
         };
-        entries.insert(3, entry(3, 1, "b", EntryKind::File, own));
-        entries.insert(
-            4,
+        vec![
+            entry(1, 0, "dir", EntryKind::Dir, dir_acl),
+            entry(2, 1, "a", EntryKind::File, AclOverride::default()),
+            entry(3, 1, "b", EntryKind::File, own),
             entry(4, 0, "top", EntryKind::File, AclOverride::default()),
-        );
-        Rows {
-            generation: 7,
-            vault: VaultInfo {
-                id: 1,
-                name: "v".into(),
-                acl: VaultAcl {
-                    owner: "root".into(),
-                    group: "root".into(),
-                    mode: 0o400,
-                },
-                created_ns: 0,
-                version: 1,
-            },
-            entries,
-        }
+        ]
+    }
+
+    fn path(p: &str) -> VaultPath {
+        VaultPath::parse(p, p).unwrap()
     }
 
     #[test]
     fn whole_vault_inherits_acls_and_numbers_inodes() {
-        let view = View::build(&rows(), &VaultPath::root());
-        let root = view.node(INodeNo::ROOT).unwrap();
-        assert_eq!(root.perm, 0o500);
-        assert_eq!(root.children.len(), 2);
-        let dir = view.child(root, "dir").unwrap();
-        assert_eq!(dir.perm, 0o550);
-        assert_eq!(view.ino(dir.id), INodeNo(2));
-        let a = view.child(dir, "a").unwrap();
-        assert_eq!((a.perm, a.uid, a.gid), (0o440, Some(0), Some(0)));
-        assert_eq!(a.path.to_string(), "/dir/a");
-        let b = view.child(dir, "b").unwrap();
-        assert_eq!(b.uid, None, "an unknown owner resolves to nobody");
-        assert_eq!(b.attr(view.ino(b.id)).uid, UNRESOLVED_ID);
+        let tree = Tree::new(7, vault(), entries(), VaultPath::root());
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert_eq!(root.perm(), 0o500);
+        assert_eq!(tree.children(root).count(), 2);
+        let dir = tree.child(root, "dir").unwrap();
+        assert_eq!(dir.perm(), 0o550);
+        assert_eq!(tree.ino(dir.id), INodeNo(2));
+        let a = tree.child(dir, "a").unwrap();
+        assert_eq!(
+            (a.perm(), a.acl.owner, a.acl.group),
+            (0o440, Some(0), Some(0))
+        );
+        assert_eq!(tree.path(a).to_string(), "/dir/a");
+        let b = tree.child(dir, "b").unwrap();
+        assert_eq!(b.acl.owner, None, "an unknown owner resolves to nobody");
+        assert_eq!(b.attr(tree.ino(b.id)).uid, UNRESOLVED_ID);
+        assert_eq!(tree.unresolved_names(), ["user \"no-such-user-vaultfs\""]);
     }
 
     #[test]
     fn subtree_and_single_file_roots() {
-        let rows = rows();
-        let sub = View::build(&rows, &VaultPath::parse("/dir", "v:/dir").unwrap());
-        assert_eq!(sub.root, Some(1));
+        let sub = Tree::new(1, vault(), entries(), path("/dir"));
+        assert_eq!(sub.root(), Some(1));
         assert_eq!(sub.nodes.len(), 3);
         assert!(
             sub.node(INodeNo(2)).is_none(),
             "the root has one inode only"
         );
-        let file = View::build(&rows, &VaultPath::parse("/dir/a", "v:/dir/a").unwrap());
+        let file = Tree::new(1, vault(), entries(), path("/dir/a"));
         let node = file.node(INodeNo::ROOT).unwrap();
         assert_eq!(
-            (node.id, node.perm),
+            (node.id, node.perm()),
             (2, 0o440),
             "inherits from its ancestors"
         );
-        let missing = View::build(&rows, &VaultPath::parse("/nope", "v:/nope").unwrap());
+        let missing = Tree::new(1, vault(), entries(), path("/nope"));
         assert!(missing.node(INodeNo::ROOT).is_none());
+    }
+
+    #[test]
+    fn a_rotation_touches_one_inode() {
+        let mut tree = Tree::new(1, vault(), entries(), VaultPath::root());
+        let mut a = entries()[1].clone();
+        a.version = 2;
+        a.size = 9;
+        let stale = tree.apply(2, None, vec![a], &[]);
+        assert_eq!(stale, [Stale::Inode(2, INodeNo(3))]);
+        assert_eq!(tree.node(INodeNo(3)).unwrap().size, 9);
+    }
+
+    #[test]
+    fn a_directory_acl_change_reaches_its_subtree_and_a_rename_drops_the_old_name() {
+        let mut tree = Tree::new(1, vault(), entries(), VaultPath::root());
+        let mut dir = entries()[0].clone();
+        dir.version = 2;
+        dir.acl = mode(0o444);
+        dir.name = "moved".into();
+        let stale = tree.apply(2, None, vec![dir], &[]);
+        assert!(stale.contains(&Stale::Name(INodeNo::ROOT, "dir".into())));
+        assert!(stale.contains(&Stale::Inode(2, INodeNo(3))));
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert!(tree.child(root, "dir").is_none());
+        let moved = tree.child(root, "moved").unwrap();
+        assert_eq!(tree.child(moved, "a").unwrap().perm(), 0o444);
+    }
+
+    #[test]
+    fn new_nested_entries_and_removals_in_one_batch() {
+        let mut tree = Tree::new(1, vault(), entries(), VaultPath::root());
+        let new_file = entry(11, 10, "f", EntryKind::File, AclOverride::default());
+        let new_dir = entry(10, 0, "new", EntryKind::Dir, mode(0o440));
+        // The child arrives before its parent: the parent's subtree walk picks it up.
+        tree.apply(2, None, vec![new_file, new_dir], &[4]);
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert!(tree.child(root, "top").is_none());
+        let f = tree.child(tree.child(root, "new").unwrap(), "f").unwrap();
+        assert_eq!(f.perm(), 0o440);
+        let rebuilt = Tree::new(
+            2,
+            vault(),
+            tree.entries.values().cloned().collect(),
+            VaultPath::root(),
+        );
+        assert_eq!(rebuilt.nodes, tree.nodes, "incremental equals from scratch");
+    }
+
+    #[test]
+    fn a_mounted_secret_that_is_removed_and_written_again_comes_back() {
+        let mut tree = Tree::new(1, vault(), entries(), path("/top"));
+        tree.apply(2, None, vec![], &[4]);
+        assert!(tree.node(INodeNo::ROOT).is_none());
+        let again = entry(12, 0, "top", EntryKind::File, AclOverride::default());
+        tree.apply(3, None, vec![again], &[]);
+        assert_eq!(tree.node(INodeNo::ROOT).unwrap().id, 12);
+    }
+
+    /// Random batches of creates, rewrites, renames, moves, ACL changes and removals: the
+    /// incrementally updated tree always equals one built from scratch.
+    #[test]
+    fn incremental_updates_match_a_rebuild() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for source in ["/", "/d1", "/d1/f2"] {
+            let source = path(source);
+            let mut rows: HashMap<i64, Entry> = HashMap::new();
+            let mut tree = Tree::new(0, vault(), vec![], source.clone());
+            let mut next_id = 1;
+            for generation in 1..300 {
+                let mut upserts = Vec::new();
+                let mut deleted = Vec::new();
+                for _ in 0..=rand(3) {
+                    let dirs: Vec<i64> = std::iter::once(0)
+                        .chain(rows.values().filter(|e| e.is_dir()).map(|e| e.id))
+                        .collect();
+                    let parent = dirs[rand(dirs.len() as u64) as usize];
+                    let name = format!("{}{}", if rand(2) == 0 { "d" } else { "f" }, rand(4));
+                    let taken = rows.values().any(|e| e.parent == parent && e.name == name);
+                    let ids: Vec<i64> = rows.keys().copied().collect();
+                    match rand(5) {
+                        0 | 1 if !taken => {
+                            let kind = if name.starts_with('d') {
+                                EntryKind::Dir
+                            } else {
+                                EntryKind::File
+                            };
+                            let e = entry(next_id, parent, &name, kind, AclOverride::default());
+                            next_id += 1;
+                            rows.insert(e.id, e.clone());
+                            upserts.push(e);
+                        }
+                        2 if !ids.is_empty() && !taken => {
+                            // A move (never into its own subtree).
+                            let id = ids[rand(ids.len() as u64) as usize];
+                            let mut p = parent;
+                            let mut cycle = false;
+                            while p != 0 {
+                                cycle |= p == id;
+                                p = rows[&p].parent;
+                            }
+                            if !cycle {
+                                let e = rows.get_mut(&id).unwrap();
+                                e.parent = parent;
+                                e.name = name;
+                                e.version += 1;
+                                upserts.push(e.clone());
+                            }
+                        }
+                        3 if !ids.is_empty() => {
+                            let id = ids[rand(ids.len() as u64) as usize];
+                            let e = rows.get_mut(&id).unwrap();
+                            e.acl = mode([0o400, 0o440, 0o444][rand(3) as usize]);
+                            e.size = rand(100);
+                            e.version += 1;
+                            upserts.push(e.clone());
+                        }
+                        4 if !ids.is_empty() => {
+                            let id = ids[rand(ids.len() as u64) as usize];
+                            if !rows.values().any(|e| e.parent == id) {
+                                rows.remove(&id);
+                                upserts.retain(|e| e.id != id);
+                                deleted.push(id);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                tree.apply(generation, None, upserts, &deleted);
+                let fresh = Tree::new(
+                    generation,
+                    vault(),
+                    rows.values().cloned().collect(),
+                    source.clone(),
+                );
+                assert_eq!(tree.root(), fresh.root(), "generation {generation}");
+                assert_eq!(
+                    tree.nodes, fresh.nodes,
+                    "generation {generation} of {source}"
+                );
+            }
+        }
     }
 }
