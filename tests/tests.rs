@@ -1,1 +1,3 @@
 //! Integration tests: they run the real `vaultfs` binary against real stores and mounts.
+
+mod nixos;
