@@ -126,7 +126,11 @@ impl Dirs {
         let files = root.join("files");
         fs::create_dir_all(&files).unwrap();
         let umount = in_path("umount").expect("umount (util-linux) is not on PATH");
-        let util_linux = umount.parent().unwrap().parent().unwrap().to_owned();
+        // `${util-linux}/bin/umount`: with umount in /bin, the prefix is empty, not "/".
+        let util_linux = match umount.parent().unwrap().parent().unwrap() {
+            p if p == Path::new("/") => PathBuf::new(),
+            p => p.to_owned(),
+        };
         Dirs {
             package,
             files,
@@ -197,8 +201,7 @@ fn render_unit(service: &Value) -> String {
         }
     };
     line(&mut unit, "Description", &service["description"]);
-    let before: Vec<String> = unit_values(&service["before"]);
-    unit.push_str(&format!("Before={}\n", before.join(" ")));
+    line(&mut unit, "Before", &service["before"]);
     for (key, v) in service["unitConfig"].as_object().into_iter().flatten() {
         line(&mut unit, key, v);
     }
