@@ -14,3 +14,5 @@ mod import;
 mod mount;
 // Real clients through a mount: nix, curl, ssh-keygen, bubblewrap.
 mod clients;
+// The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.
+mod nixos;
