@@ -40,7 +40,7 @@ pub enum MountError {
         reason: String,
     },
     /// The kernel or fusermount refused the mount.
-    #[error("the kernel refused the mount at {path}: {error}")]
+    #[error("the kernel refused the mount at {path}: {error}{}", hint(error))]
     Mount {
         /// The mountpoint.
         path: PathBuf,
@@ -50,6 +50,20 @@ pub enum MountError {
     /// A live vaultfs mount is already there.
     #[error("{0} is already a vaultfs mount; unmount it first (vaultfs umount)")]
     AlreadyMounted(PathBuf),
+}
+
+/// What to try when a mount is refused for lack of privilege.
+fn hint(error: &io::Error) -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    match error.kind() {
+        io::ErrorKind::PermissionDenied if !root => {
+            " (without root, mounting needs read-write access to /dev/fuse and the setuid \
+             fusermount3 from the fuse3 package)"
+        }
+        io::ErrorKind::NotFound => " (is the fuse3 package installed and /dev/fuse present?)",
+        _ => "",
+    }
 }
 
 /// A live mount. [`Mounted::run`] serves it until it is unmounted.
