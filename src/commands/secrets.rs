@@ -14,6 +14,9 @@ use crate::output;
 pub fn write(cli: &Cli, address: &str) -> Result<()> {
     let addr = Address::parse_entry(address)?;
     let mut store = credentials::open_store(cli)?;
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!("vaultfs: type the secret for {addr}, then Ctrl-D (it is stored byte for byte)");
+    }
     let value = credentials::read_secret(std::io::stdin().lock(), MAX_SECRET_SIZE as u64)
         .context("reading the secret from stdin")?
         .ok_or_else(|| {
