@@ -71,6 +71,26 @@ fn effective(vault: &OpenVault, path: &VaultPath, chain: &[Entry]) -> EffectiveA
     )
 }
 
+/// Inserts a new directory with no ACL override of its own.
+fn insert_dir(
+    conn: &Connection,
+    keys: &Keys,
+    vault: &OpenVault,
+    generation: i64,
+    parent: i64,
+    name: &str,
+) -> Result<Entry> {
+    let content = RowContent {
+        parent,
+        name,
+        kind: EntryKind::Dir,
+        acl: AclOverride::default(),
+        value: None,
+        mtime_ns: now_ns(),
+    };
+    rows::insert(conn, &keys.store_id, vault, generation, &content)
+}
+
 /// Creates the missing directories of `addr` (all of it) inside a write transaction.
 fn make_dirs(
     conn: &Connection,
@@ -85,17 +105,7 @@ fn make_dirs(
         parent = match rows::lookup(conn, &keys.store_id, vault, parent, name)? {
             Some(e) if e.is_dir() => e.id,
             Some(_) => return Err(StoreError::NotADirectory(prefix(addr, i + 1))),
-            None => {
-                let content = RowContent {
-                    parent,
-                    name,
-                    kind: EntryKind::Dir,
-                    acl: AclOverride::default(),
-                    value: None,
-                    mtime_ns: now_ns(),
-                };
-                rows::insert(conn, &keys.store_id, vault, generation, &content)?.id
-            }
+            None => insert_dir(conn, keys, vault, generation, parent, name)?.id,
         };
     }
     Ok(parent)
@@ -298,17 +308,7 @@ impl Store {
             match rows::lookup(tx, &keys.store_id, &vault, parent, name)? {
                 Some(e) if parents && e.is_dir() => Ok(e),
                 Some(_) => Err(StoreError::Exists(addr.to_string())),
-                None => {
-                    let content = RowContent {
-                        parent,
-                        name,
-                        kind: EntryKind::Dir,
-                        acl: AclOverride::default(),
-                        value: None,
-                        mtime_ns: now_ns(),
-                    };
-                    rows::insert(tx, &keys.store_id, &vault, generation, &content)
-                }
+                None => insert_dir(tx, keys, &vault, generation, parent, name),
             }
         })
     }

@@ -67,6 +67,19 @@ fn tamper(vault: &OpenVault, id: i64) -> StoreError {
     }
 }
 
+fn entry_from(id: i64, version: i64, meta: EntryMeta) -> Entry {
+    Entry {
+        id,
+        version,
+        parent: meta.parent,
+        name: meta.name,
+        kind: meta.kind,
+        acl: meta.acl,
+        size: meta.size,
+        mtime_ns: meta.mtime_ns,
+    }
+}
+
 /// Decrypts one row's metadata and checks it against the row's clear columns.
 pub(crate) fn open_row(
     store_id: &[u8; 16],
@@ -86,16 +99,7 @@ pub(crate) fn open_row(
     if meta.parent != parent_col {
         return Err(tamper(vault, id));
     }
-    Ok(Entry {
-        id,
-        version,
-        parent: meta.parent,
-        name: meta.name,
-        kind: meta.kind,
-        acl: meta.acl,
-        size: meta.size,
-        mtime_ns: meta.mtime_ns,
-    })
+    Ok(entry_from(id, version, meta))
 }
 
 const ROW_COLUMNS: &str = "id, version, parent_id, meta";
@@ -282,16 +286,7 @@ fn seal_into(
         sealed_value,
         id
     ])?;
-    Ok(Entry {
-        id,
-        version,
-        parent: meta.parent,
-        name: meta.name,
-        kind: meta.kind,
-        acl: meta.acl,
-        size: meta.size,
-        mtime_ns: meta.mtime_ns,
-    })
+    Ok(entry_from(id, version, meta))
 }
 
 /// Inserts a new row, inside the caller's write transaction.
