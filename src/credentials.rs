@@ -130,13 +130,23 @@ pub fn new_passphrase() -> Result<Credential> {
     Ok(Credential::Passphrase(first))
 }
 
+/// Fails unless a file is at `path`, saying how to create one when nothing is there, and the
+/// OS's reason (such as a directory the caller may not enter) otherwise.
+pub fn require_store(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(StoreError::Missing(path.to_owned()).into())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot reach the store at {}", path.display())),
+    }
+}
+
 /// Opens and unlocks the store the command line names.
 pub fn open_store(cli: &Cli) -> Result<Store> {
     let path = store_path(cli);
     // Check for the file before asking for a passphrase nobody can use.
-    if !path.exists() {
-        return Err(StoreError::Missing(path).into());
-    }
+    require_store(&path)?;
     let cred = unlock_credential(cli)?;
     Ok(Store::open(&path, &cred)?)
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use vaultfs_store::{Address, StoreError};
+use vaultfs_store::Address;
 
 use crate::cli::Cli;
 use crate::credentials;
@@ -32,9 +32,7 @@ pub fn mount(
         mountpoint: absolute(mountpoint)?,
     };
     let store_path = credentials::store_path(cli);
-    if !store_path.exists() {
-        return Err(StoreError::Missing(store_path).into());
-    }
+    credentials::require_store(&store_path)?;
     // Ask for the passphrase while the terminal is still ours; fork before SQLite or any
     // thread exists.
     let cred = credentials::unlock_credential(cli)?;

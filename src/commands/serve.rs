@@ -120,9 +120,7 @@ pub fn serve(cli: &Cli, config_path: &Path, check: bool) -> Result<()> {
         (None, Some(p)) => p.clone(),
         _ => credentials::store_path(cli),
     };
-    if !store_path.exists() {
-        return Err(vaultfs_store::StoreError::Missing(store_path).into());
-    }
+    credentials::require_store(&store_path)?;
     let cred = match (&cli.key_file, &config.key_file, &cli.passphrase_file) {
         (None, Some(k), None) => credentials::key_file(k)?,
         _ => credentials::unlock_credential(cli)?,

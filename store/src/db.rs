@@ -144,14 +144,61 @@ pub(crate) fn open(path: &Path, busy: Duration) -> Result<(Connection, [u8; 16])
             })
         }
     }
+    let conn = match open_read_write(path, busy) {
+        Ok(conn) => conn,
+        // A store on read-only media (a mounted backup, a read-only bind): SQLite cannot make
+        // the WAL index there, but nothing can change the file either, so it may be read as
+        // immutable. Writes then fail with "read-only".
+        Err(_) if on_read_only_filesystem(path) => open_immutable(path, busy)?,
+        Err(e) => return Err(e),
+    };
+    let id = store_identity(&conn, path)?;
+    Ok((conn, id))
+}
+
+fn open_read_write(path: &Path, busy: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| StoreError::from_sqlite(path, e))?;
     configure(&conn, busy).map_err(|e| StoreError::from_sqlite(path, e))?;
-    let id = store_identity(&conn, path)?;
-    Ok((conn, id))
+    // Reading the schema is what first touches the WAL index: fail here, not later.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| StoreError::from_sqlite(path, e))?;
+    Ok(conn)
+}
+
+fn open_immutable(path: &Path, busy: Duration) -> Result<Connection> {
+    let mut uri = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(*b as char),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::from_sqlite(path, e))?;
+    conn.busy_timeout(busy)
+        .map_err(|e| StoreError::from_sqlite(path, e))?;
+    Ok(conn)
+}
+
+/// Whether `path` lives on a filesystem mounted read-only.
+fn on_read_only_filesystem(path: &Path) -> bool {
+    // Opening for writing creates nothing and writes nothing; EROFS is the filesystem's answer.
+    matches!(
+        std::fs::OpenOptions::new().append(true).open(path),
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 fn store_identity(conn: &Connection, path: &Path) -> Result<[u8; 16]> {

@@ -103,6 +103,14 @@ pub enum StoreError {
         /// SQLite's or the OS's reason (never holds a value).
         reason: String,
     },
+    /// The store file could not be opened or read.
+    #[error("cannot open the store at {path}: {reason}")]
+    OpenFailed {
+        /// The store file.
+        path: PathBuf,
+        /// SQLite's or the OS's reason (never holds a value).
+        reason: String,
+    },
     /// Any other SQLite failure.
     #[error("store database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -146,7 +154,7 @@ impl StoreError {
                 ErrorCode::CannotOpen
                 | ErrorCode::SystemIoFailure
                 | ErrorCode::PermissionDenied => {
-                    return StoreError::WriteFailed {
+                    return StoreError::OpenFailed {
                         path: path.to_owned(),
                         reason: err.to_string(),
                     }
