@@ -3,23 +3,15 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use vaultfs_store::{Address, Credential, Store};
+use vaultfs_store::{Credential, Store};
+
+pub use crate::config::MountSpec;
 
 use crate::exit;
 use crate::hygiene;
-
-/// One mount to serve.
-#[derive(Debug, Clone)]
-pub struct MountSpec {
-    /// What to mount.
-    pub source: Address,
-    /// Where (absolute).
-    pub mountpoint: PathBuf,
-}
 
 /// Whom to tell that every mount is ready.
 pub enum Readiness {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod credentials;
 mod daemon;
 mod exit;

@@ -22,6 +22,9 @@ mod crypto;
 mod db;
 mod entries;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod keyslot;
 mod reader;
 mod records;

@@ -45,7 +45,7 @@ impl Entry {
     }
 }
 
-fn meta_aad(store_id: &[u8; 16], vault: &OpenVault, id: i64, version: i64) -> Vec<u8> {
+pub(crate) fn meta_aad(store_id: &[u8; 16], vault: &OpenVault, id: i64, version: i64) -> Vec<u8> {
     crypto::aad(
         "vaultfs entry meta v1",
         store_id,
