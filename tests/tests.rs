@@ -8,6 +8,8 @@ mod mounts;
 // The store and the CLI: round trips, no plaintext on disk, tamper detection, credentials,
 // addresses, concurrency, key slots, `env`, ACLs and help.
 mod cli;
+mod faults;
+mod hygiene;
 mod import;
 
 // The FUSE mount: attributes, permissions, rotation, signals, stale mounts, stalls.

@@ -184,3 +184,20 @@ pub(crate) fn info(id: i64, kind: String, params_text: &str, created_ns: i64) ->
         created_ns,
     }
 }
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_print_no_secret() {
+        for cred in [
+            Credential::KeyFile(SecretBytes::new(b"keyfile-canary-0123".to_vec())),
+            Credential::Passphrase(SecretBytes::new(b"passphrase-canary".to_vec())),
+        ] {
+            let shown = format!("{cred:?}");
+            assert!(!shown.contains("canary"), "{shown}");
+            assert!(shown.contains("REDACTED"), "{shown}");
+        }
+    }
+}
