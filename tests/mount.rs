@@ -588,3 +588,30 @@ fn foreground_mount_tells_systemd_it_is_ready() {
     let n = socket.recv(&mut buf).expect("a STOPPING=1 datagram");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn the_quick_start_demo_mounts_lists_reads_and_cleans_up() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    let dir = ts.path("demo");
+    let out = std::process::Command::new(crate::common::vaultfs_bin())
+        .args(["demo", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("-r-------- 1 root root"), "{stdout}");
+    assert!(
+        stdout.contains("extra-access-tokens = github.com=ghp_DEMO"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rotated"), "{stdout}");
+    assert!(!dir.exists(), "the demo removes its directory");
+    assert!(!is_mounted(&dir.join("mnt")));
+}
