@@ -1,10 +1,12 @@
 //! The FUSE request handlers, and the refresh that keeps the in-memory view in step with the
 //! store.
 //!
-//! Reads of the tree (lookup, getattr, readdir) never touch SQLite unless the store changed.
-//! Every open asks the store for its change counter (one indexed read), refreshes the view if
-//! it moved, checks the caller against the current ACL, and decides whether the kernel may keep
-//! its cached pages. Values are read by row id and version at `read` time and never kept.
+//! Lookups, getattr, opendir and readdir are answered from the in-memory tree and never touch
+//! SQLite (a stuck store can hold a reader for seconds): a refresher thread keeps the tree
+//! within a poll interval of the store. Every open asks the store for its change counter (one
+//! indexed read, bounded in time), applies what changed, checks the caller against the current
+//! ACL, and decides whether the kernel may keep its cached pages. Values are read by row id and
+//! version at `read` time and wiped once the reply is sent.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
