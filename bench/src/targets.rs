@@ -1,184 +1,433 @@
-//! The filesystems under test, each set up with the same files and torn down by `Drop`, so a
-//! failing run leaves nothing mounted.
+//! The filesystems under test: plain file trees (tmpfs), gocryptfs and vaultfs, each set up
+//! and mounted through its own command-line tools, as a user would.
 
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// Runs a command, failing with its stderr.
-pub fn run(cmd: &mut Command) -> Result<Vec<u8>> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+use crate::sys::{self, MountGuard};
+
+/// The 64-byte value of the secret called `name`: the same bytes on every target.
+pub fn content(name: &str) -> Vec<u8> {
+    // FNV-1a of the name, stretched into hex: distinct, deterministic values.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
     }
-    Ok(out.stdout)
+    let mut s = format!("{name}=");
+    while s.len() < 63 {
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58476d1ce4e5b9);
+        s.push_str(&format!("{h:016x}"));
+    }
+    s.truncate(63);
+    s.push('\n');
+    s.into_bytes()
 }
 
-/// Writes `files` (relative name, content) under `dir`.
-pub fn populate(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    for (name, value) in files {
-        let path = dir.join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, value).with_context(|| format!("write {}", path.display()))?;
+/// Writes `count` files named `{prefix}{i:0width$}` into `dir` (created), each [`content`].
+pub fn write_files(dir: &Path, prefix: &str, count: usize, width: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for i in 0..count {
+        let name = format!("{prefix}{i:0width$}");
+        std::fs::write(dir.join(&name), content(&name))
+            .with_context(|| format!("cannot write {}", dir.join(&name).display()))?;
     }
     Ok(())
 }
 
-/// A mount to undo on drop.
-pub struct Mounted {
-    /// Where the files are read.
-    pub dir: PathBuf,
-    unmount: Vec<String>,
+/// Copies the regular files of a tree (directories recursively); returns the files copied.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<usize> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut n = 0;
+    for e in std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))? {
+        let e = e?;
+        let dst = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            n += copy_tree(&e.path(), &dst)?;
+        } else {
+            std::fs::copy(e.path(), &dst)
+                .with_context(|| format!("cannot copy to {}", dst.display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let (program, args) = self.unmount.split_first().expect("a command");
-        let _ = Command::new(program)
-            .args(args)
-            .arg(&self.dir)
-            .stderr(Stdio::null())
-            .status();
+/// A gocryptfs cipher directory and its password file.
+pub struct Gocryptfs {
+    pub cipher: PathBuf,
+    pub passfile: PathBuf,
+}
+
+impl Gocryptfs {
+    pub fn version() -> Option<String> {
+        let out = Command::new("gocryptfs").arg("-version").output().ok()?;
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()?
+                .to_string(),
+        )
+    }
+
+    /// `gocryptfs -init` with default settings (scrypt N=2^16, AES-GCM).
+    pub fn init(cipher: &Path, passfile: &Path) -> Result<Gocryptfs> {
+        std::fs::create_dir_all(cipher)?;
+        std::fs::write(passfile, "vaultfs-bench gocryptfs password\n")?;
+        sys::run_ok(
+            Command::new("gocryptfs")
+                .args(["-init", "-q", "-passfile"])
+                .arg(passfile)
+                .arg(cipher),
+            "gocryptfs-init",
+        )?;
+        Ok(Gocryptfs {
+            cipher: cipher.to_owned(),
+            passfile: passfile.to_owned(),
+        })
+    }
+
+    /// Mounts (gocryptfs forks into the background once the mount is ready); the time the
+    /// command took.
+    pub fn mount(&self, mountpoint: &Path) -> Result<(MountGuard, Duration)> {
+        std::fs::create_dir_all(mountpoint)?;
+        // -nosyslog: the daemon's messages go to the log file instead.
+        let ran = sys::run_logged(
+            Command::new("gocryptfs")
+                .args(["-q", "-nosyslog", "-passfile"])
+                .arg(&self.passfile)
+                .arg(&self.cipher)
+                .arg(mountpoint),
+            "gocryptfs-mount",
+            Duration::from_secs(60),
+        )?;
+        let daemon = sys::find_pids(Path::new("/usr/bin/gocryptfs"), mountpoint.as_os_str())
+            .first()
+            .copied()
+            .or_else(|| {
+                which("gocryptfs")
+                    .and_then(|g| sys::find_pids(&g, mountpoint.as_os_str()).first().copied())
+            });
+        let guard = MountGuard::new(
+            mountpoint,
+            "gocryptfs",
+            daemon,
+            vec![
+                "fusermount3".into(),
+                "-u".into(),
+                mountpoint.as_os_str().to_owned(),
+            ],
+        );
+        if !ran.ok || !sys::is_mounted(mountpoint) {
+            drop(guard);
+            bail!("gocryptfs mount failed:\n{}", sys::log_tail(&ran.log, 5));
+        }
+        Ok((guard, ran.took))
     }
 }
 
-/// A tmpfs holding `files`.
-pub fn tmpfs(root: &Path, files: &[(String, Vec<u8>)]) -> Result<Mounted> {
-    let dir = root.join("tmpfs");
-    std::fs::create_dir_all(&dir)?;
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512m,mode=0755", "tmpfs"])
-        .arg(&dir))?;
-    let m = Mounted {
-        dir,
-        unmount: vec!["umount".into(), "-l".into()],
-    };
-    populate(&m.dir, files)?;
-    Ok(m)
+pub fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
 }
 
-/// A gocryptfs mount (cipher dir on the run's disk directory) holding `files`.
-pub fn gocryptfs(root: &Path, files: &[(String, Vec<u8>)]) -> Result<Mounted> {
-    let cipher = root.join("gocryptfs.cipher");
-    let dir = root.join("gocryptfs");
-    std::fs::create_dir_all(&cipher)?;
-    std::fs::create_dir_all(&dir)?;
-    let pass = root.join("gocryptfs.pass");
-    std::fs::write(&pass, "bench-passphrase\n")?;
-    run(Command::new("gocryptfs")
-        .args(["-init", "-q", "-passfile"])
-        .arg(&pass)
-        .arg(&cipher))?;
-    run(Command::new("gocryptfs")
-        .args(["-q", "-passfile"])
-        .arg(&pass)
-        .arg(&cipher)
-        .arg(&dir))?;
-    let m = Mounted {
-        dir,
-        unmount: vec!["fusermount3".into(), "-u".into(), "-z".into()],
-    };
-    populate(&m.dir, files)?;
-    Ok(m)
+/// What the vaultfs binary under test offers.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub version: String,
+    pub mount: bool,
+    pub import: bool,
 }
 
-/// A vaultfs store with a key file, driven through the real CLI.
+/// The vaultfs binary under test and the key file that unlocks every bench store.
 pub struct Vaultfs {
-    /// The binary.
     pub bin: PathBuf,
-    /// The store file.
-    pub store: PathBuf,
-    /// The key file.
     pub key: PathBuf,
+    pub caps: Capabilities,
+}
+
+/// How a vaultfs store is filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Populate {
+    /// `vaultfs import` if the binary has it, else the store crate.
+    Auto,
+    /// `vaultfs import` (one transaction).
+    Cli,
+    /// The linked `vaultfs-store` crate, one `Store::write` (one transaction) per secret.
+    Store,
 }
 
 impl Vaultfs {
-    /// A new store in `root/name` holding vault `v` with `files` (imported in one
-    /// transaction).
-    pub fn create(
-        bin: &Path,
-        root: &Path,
-        name: &str,
-        files: &[(String, Vec<u8>)],
-    ) -> Result<Vaultfs> {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir)?;
-        let v = Vaultfs {
-            bin: bin.to_owned(),
-            store: dir.join("store.db"),
-            key: dir.join("key"),
+    pub fn probe(bin: &Path) -> Result<Capabilities> {
+        let out = Command::new(bin)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let has = |sub: &str| {
+            Command::new(bin)
+                .args([sub, "--help"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
         };
-        run(v.cmd().arg("keygen").arg(&v.key))?;
-        run(v.cmd().arg("init"))?;
-        run(v.cmd().args(["vault", "create", "v", "--mode", "0444"]))?;
-        let src = dir.join("import");
-        populate(&src, files)?;
-        run(v.cmd().arg("import").arg(&src).arg("v"))?;
-        std::fs::remove_dir_all(&src)?;
-        Ok(v)
+        Ok(Capabilities {
+            version,
+            mount: has("mount") && has("umount"),
+            import: has("import"),
+        })
     }
 
-    /// The CLI pointed at this store.
-    pub fn cmd(&self) -> Command {
+    /// Makes the key file with `vaultfs keygen`.
+    pub fn new(bin: &Path, key: &Path) -> Result<Vaultfs> {
+        let caps = Vaultfs::probe(bin)?;
+        sys::run_ok(Command::new(bin).arg("keygen").arg(key), "vaultfs-keygen")?;
+        Ok(Vaultfs {
+            bin: bin.to_owned(),
+            key: key.to_owned(),
+            caps,
+        })
+    }
+
+    fn cmd(&self, store: &Path) -> Command {
         let mut c = Command::new(&self.bin);
-        c.env("VAULTFS_STORE", &self.store)
+        c.env("VAULTFS_STORE", store)
             .env("VAULTFS_KEY_FILE", &self.key)
-            .env_remove("VAULTFS_LOG");
+            .env_remove("RUST_LOG");
         c
     }
 
-    /// Mounts vault `v` at `dir`; returns the mount and the time `vaultfs mount` took to
-    /// return (it returns once the mount is ready).
-    pub fn mount(&self, dir: &Path) -> Result<(Mounted, Duration)> {
-        std::fs::create_dir_all(dir)?;
-        let start = Instant::now();
-        run(self.cmd().arg("mount").arg("v").arg(dir))?;
-        let took = start.elapsed();
-        Ok((
-            Mounted {
-                dir: dir.to_owned(),
-                unmount: vec![self.bin.display().to_string(), "umount".into()],
+    fn owner() -> (String, String) {
+        // SAFETY: getpwuid/getgrgid return static storage or NULL; read at once, single-threaded.
+        unsafe {
+            let pw = libc::getpwuid(libc::geteuid());
+            let gr = libc::getgrgid(libc::getegid());
+            let name =
+                |p: *const libc::c_char| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+            (
+                if pw.is_null() {
+                    "root".into()
+                } else {
+                    name((*pw).pw_name)
+                },
+                if gr.is_null() {
+                    "root".into()
+                } else {
+                    name((*gr).gr_name)
+                },
+            )
+        }
+    }
+
+    /// A new store at `store` holding vault `vault` with every file under `src` (paths kept);
+    /// returns how long filling it took and how it was done.
+    pub fn create_store(
+        &self,
+        store: &Path,
+        vault: &str,
+        src: &Path,
+        how: Populate,
+    ) -> Result<(Duration, &'static str)> {
+        let use_cli = match how {
+            Populate::Auto => self.caps.import,
+            Populate::Cli => {
+                anyhow::ensure!(
+                    self.caps.import,
+                    "{} has no `import` command",
+                    self.bin.display()
+                );
+                true
+            }
+            Populate::Store => false,
+        };
+        let (owner, group) = Vaultfs::owner();
+        if use_cli {
+            sys::run_ok(self.cmd(store).arg("init"), "vaultfs-init")?;
+            sys::run_ok(
+                self.cmd(store)
+                    .args([
+                        "vault", "create", vault, "--owner", &owner, "--group", &group,
+                    ])
+                    .args(["--mode", "0400"]),
+                "vaultfs-vault-create",
+            )?;
+            let start = Instant::now();
+            sys::run_ok(
+                self.cmd(store).arg("import").arg(src).arg(vault),
+                "vaultfs-import",
+            )?;
+            return Ok((start.elapsed(), "vaultfs import (one transaction)"));
+        }
+        use vaultfs_store::{Address, Credential, KdfParams, SecretBytes, Store, VaultAcl};
+        let key = std::fs::read(&self.key)?;
+        let cred = Credential::KeyFile(SecretBytes::new(key));
+        let mut s = Store::create(store, &cred, KdfParams::default())?;
+        s.create_vault(
+            vault,
+            VaultAcl {
+                owner,
+                group,
+                mode: 0o400,
             },
-            took,
+        )?;
+        let mut files = Vec::new();
+        collect(src, "", &mut files)?;
+        let start = Instant::now();
+        for (rel, path) in files {
+            let addr = Address::parse_entry(&format!("{vault}:/{rel}"))?;
+            s.write(&addr, &std::fs::read(&path)?)?;
+            sys::check_stop()?;
+        }
+        Ok((
+            start.elapsed(),
+            "vaultfs-store crate, Store::write per secret",
         ))
+    }
+
+    /// `vaultfs mount VAULT MOUNTPOINT`, which returns once the mount is ready; the guard
+    /// runs `vaultfs umount`.
+    pub fn mount(&self, store: &Path, vault: &str, mp: &Path) -> Result<(MountGuard, Duration)> {
+        if !self.caps.mount {
+            bail!(
+                "{} has no `mount` command (vaultfs {}): vaultfs is left out",
+                self.bin.display(),
+                self.caps.version
+            );
+        }
+        std::fs::create_dir_all(mp)?;
+        let ran = sys::run_logged(
+            self.cmd(store).arg("mount").arg(vault).arg(mp),
+            "vaultfs-mount",
+            Duration::from_secs(120),
+        )?;
+        let daemon = sys::find_pids(&self.bin, mp.as_os_str()).first().copied();
+        let guard = MountGuard::new(
+            mp,
+            "vaultfs",
+            daemon,
+            vec![
+                self.bin.clone().into_os_string(),
+                OsString::from("umount"),
+                mp.as_os_str().to_owned(),
+            ],
+        );
+        if !ran.ok || !sys::is_mounted(mp) {
+            drop(guard);
+            bail!(
+                "`vaultfs mount {vault} {}` failed: {}",
+                mp.display(),
+                sys::log_tail(&ran.log, 3)
+            );
+        }
+        Ok((guard, ran.took))
+    }
+
+    /// `vaultfs write ADDR` with `value` on stdin; how long the command took.
+    pub fn write(&self, store: &Path, addr: &str, value: &[u8]) -> Result<Duration> {
+        let start = Instant::now();
+        let mut child = self
+            .cmd(store)
+            .args(["write", addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run vaultfs write")?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(value)
+            .context("vaultfs write: stdin")?;
+        let out = child.wait_with_output()?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!(
+                "vaultfs write {addr} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(took)
+    }
+
+    /// `vaultfs cat ADDR`: the value and how long the command took.
+    pub fn cat(&self, store: &Path, addr: &str) -> Result<(Vec<u8>, Duration)> {
+        let start = Instant::now();
+        let out = self
+            .cmd(store)
+            .args(["cat", addr])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run vaultfs cat")?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!(
+                "vaultfs cat {addr} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok((out.stdout, took))
     }
 }
 
-/// The resident set of the daemon serving `mountpoint`, in KiB, found by its command line.
-pub fn daemon_rss_kib(mountpoint: &Path) -> Result<u64> {
-    let want = mountpoint.as_os_str().to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc")? {
-        let path = entry?.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue;
+/// Every regular file under `dir` as (path relative to `dir` with `/`, full path).
+fn collect(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
         };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "mount") && args.last() == Some(&want) {
-            let status = std::fs::read_to_string(path.join("status"))?;
-            let line = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .context("no VmRSS")?;
-            return Ok(line
-                .split_whitespace()
-                .nth(1)
-                .context("bad VmRSS")?
-                .parse()?);
+        if e.file_type()?.is_dir() {
+            collect(&e.path(), &rel, out)?;
+        } else {
+            out.push((rel, e.path()));
         }
     }
-    bail!("no daemon found for {}", mountpoint.display())
+    Ok(())
+}
+
+/// `cat FILE` as a separate process (the baseline for `vaultfs cat`).
+pub fn cat_file(path: &Path) -> Result<(Vec<u8>, Duration)> {
+    let start = Instant::now();
+    let out = Command::new("cat")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run cat")?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        bail!("cat {} failed", path.display());
+    }
+    Ok((out.stdout, took))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_64_bytes_and_distinct() {
+        let a = content("f0001");
+        let b = content("f0002");
+        assert_eq!(a.len(), 64);
+        assert_eq!(b.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(a, content("f0001"));
+        assert!(a.starts_with(b"f0001="));
+    }
 }
