@@ -31,6 +31,7 @@ mod keyslot;
 mod reader;
 mod records;
 mod rows;
+mod sealed_shim;
 mod secret;
 mod store;
 
@@ -45,5 +46,6 @@ pub use keyslot::{Credential, KdfParams, SlotInfo, MIN_KEY_FILE_LEN};
 pub use reader::{Changes, Snapshot, VaultReader};
 pub use records::EntryKind;
 pub use rows::{Entry, MAX_SECRET_SIZE, ROOT_PARENT};
+pub use sealed_shim::SealedValue;
 pub use secret::{Key, SecretBytes};
 pub use store::{Store, VaultInfo};
