@@ -147,6 +147,10 @@ pub enum Command {
         /// Where the background daemon logs (it logs nowhere otherwise); see VAULTFS_LOG
         #[arg(long, value_name = "PATH")]
         log_file: Option<PathBuf>,
+        /// How long an open may wait for a locked or stuck store before it fails with EIO
+        #[arg(long, value_name = "MS", default_value_t = 2000,
+              value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        open_timeout_ms: u64,
     },
     /// Unmount a vaultfs mount; its daemon then exits 0
     #[command(after_help = "Example:\n  vaultfs umount /run/keys/nix")]

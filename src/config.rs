@@ -20,7 +20,12 @@ pub struct MountSpec {
     pub source: Address,
     /// Where (absolute).
     pub mountpoint: PathBuf,
+    /// How long an open may wait for the store before it fails with EIO.
+    pub open_timeout: std::time::Duration,
 }
+
+/// How long an open waits for the store unless the config says otherwise.
+pub const DEFAULT_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -41,6 +46,8 @@ struct MountConfig {
     mountpoint: PathBuf,
     #[serde(default = "read_only_default")]
     read_only: bool,
+    /// Milliseconds an open may wait for the store before it fails with EIO.
+    open_timeout_ms: Option<u64>,
 }
 
 fn read_only_default() -> bool {
@@ -98,9 +105,19 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
             let shown = m.mountpoint.display();
             return fail(format!("{which}: mountpoint {shown} is used twice"));
         }
+        let open_timeout = match m.open_timeout_ms {
+            None => DEFAULT_OPEN_TIMEOUT,
+            Some(ms @ 1..=600_000) => std::time::Duration::from_millis(ms),
+            Some(ms) => {
+                return fail(format!(
+                    "{which}: open_timeout_ms = {ms} is out of range (1 to 600000)"
+                ))
+            }
+        };
         mounts.push(MountSpec {
             source,
             mountpoint: m.mountpoint.clone(),
+            open_timeout,
         });
     }
     for path in [&config.store, &config.key_file].into_iter().flatten() {

@@ -286,7 +286,10 @@ fn mount_all(
     drop(store);
     let mut mounted: Vec<vaultfs_fs::Mounted> = Vec::new();
     for (spec, reader) in specs.iter().zip(readers) {
-        match vaultfs_fs::mount(reader, spec.source.path.clone(), &spec.mountpoint) {
+        let options = vaultfs_fs::Options {
+            open_timeout: spec.open_timeout,
+        };
+        match vaultfs_fs::mount(reader, spec.source.path.clone(), &spec.mountpoint, &options) {
             Ok(m) => mounted.push(m),
             Err(e) => {
                 // Leave nothing half-done: unmount what is already mounted.

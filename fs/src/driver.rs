@@ -1,63 +1,110 @@
-//! The FUSE request handlers, and the refresh that keeps the in-memory view in step with the
-//! store.
+//! The FUSE request handlers.
 //!
-//! Lookups, getattr, opendir and readdir are answered from the in-memory tree and never touch
-//! SQLite (a stuck store can hold a reader for seconds): a refresher thread keeps the tree
-//! within a poll interval of the store. Every open asks the store for its change counter (one
-//! indexed read, bounded in time), applies what changed, checks the caller against the current
-//! ACL, and decides whether the kernel may keep its cached pages. Values are read by row id and
-//! version at `read` time and wiped once the reply is sent.
+//! No request thread ever touches SQLite or the store's disk. Lookups, getattr, opendir and
+//! readdir are answered from the in-memory tree. An open asks the refresher thread (see
+//! `refresher.rs`) for a round that started after the open did, so it sees every write that
+//! returned before it, and waits for it until its deadline; it then checks the caller against
+//! the current ACL and has a store worker fetch the version's ciphertext, again bounded by the
+//! deadline. A store that is locked, frozen or gone turns into EIO at the deadline, never into
+//! a hung reader.
+//!
+//! A secret has one inode per version (see `view.rs`); an open of an outdated one answers
+//! ESTALE, which makes the kernel walk the path again and land on the current version. The
+//! handle holds its version's ciphertext and reads decrypt only what they return (see
+//! `handles.rs`), so the page cache of an inode can always be kept: its bytes never change.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyXattr, Request,
 };
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
-use vaultfs_store::{StoreError, VaultPath, VaultReader};
+use vaultfs_store::{SealedValue, StoreError, VaultPath, VaultReader};
 
 use crate::access::{self, Caller};
+use crate::handles::{Handles, OpenFile};
 use crate::invalidate::Invalidator;
-use crate::view::{Node, Stale, Tree};
+use crate::view::{is_version_ino, Node, Stale, Tree};
+use crate::workers::{WorkerError, Workers};
 
 /// How long the kernel may cache names and attributes without asking. Changes are also pushed
 /// by invalidation; this bounds what a lost invalidation could cost.
 const TTL: Duration = Duration::from_secs(1);
 
-/// How long an open waits for another thread's refresh before answering EIO.
-const REFRESH_WAIT: Duration = Duration::from_secs(3);
-
 /// How long a lookup of a name the view lacks waits for the refresher to look again.
 const LOOKUP_MISS_WAIT: Duration = Duration::from_millis(300);
 
-/// How long an open of a changed secret waits for the kernel to drop its stale copy (size and
-/// pages) before it falls back to reading around the cache.
+/// How long an open of the rotated root of a single-secret mount waits for the kernel to drop
+/// its stale copy (size and pages) before it reads around the cache instead.
 const SETTLE_WAIT: Duration = Duration::from_millis(500);
+
+/// Store workers: values are fetched by a few threads; more would only queue on SQLite.
+const STORE_WORKERS: usize = 4;
+
+/// Fetches that may wait for a worker; beyond that the store is stuck and opens fail at once.
+const STORE_QUEUE: usize = 64;
+
+/// Settings of one mount.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long an open may wait for the store before it answers EIO.
+    pub open_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            open_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the newest refresh round said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// A round that started after the request finished and the tree is current.
+    Fresh,
+    /// That round failed (the store is unreadable, locked, tampered with).
+    Failed,
+    /// No such round finished before the deadline.
+    TimedOut,
+}
 
 /// State shared by the request handlers, the refresher thread and the mount handle.
 pub struct Shared {
-    reader: VaultReader,
+    pub(crate) reader: Arc<VaultReader>,
     source: VaultPath,
+    options: Options,
     tree: RwLock<Tree>,
-    /// Serializes refreshes; the tree's own lock is held only to apply a fetched batch.
-    refreshing: Mutex<()>,
     /// Ids of rows that failed authentication, reported once each.
     damaged: Mutex<HashSet<i64>>,
-    invalidator: Arc<Invalidator>,
+    pub(crate) invalidator: Arc<Invalidator>,
+    handles: Handles,
+    workers: Workers,
     /// Refresh rounds asked of the refresher thread, and rounds it has finished.
     rounds: Mutex<Rounds>,
     round_done: Condvar,
+    /// The store file (device, inode) at mount; another file at that path is not followed.
+    pub(crate) store_file: Option<(u64, u64)>,
+    /// Set once the store file was replaced or deleted: the last good state keeps serving.
+    pub(crate) store_replaced: AtomicBool,
+    /// Set once the vault was removed: the mount serves an empty tree.
+    pub(crate) vault_gone: AtomicBool,
 }
 
 #[derive(Debug, Default)]
 struct Rounds {
     requested: u64,
     finished: u64,
+    /// Whether the round that finished last succeeded.
+    ok: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -75,18 +122,34 @@ impl Shared {
         reader: VaultReader,
         source: VaultPath,
         invalidator: Arc<Invalidator>,
+        options: Options,
     ) -> Result<Shared, StoreError> {
+        let store_file = file_identity(reader.store_path());
         let snap = reader.snapshot()?;
         let tree = Tree::new(snap.generation, snap.vault, snap.entries, source.clone());
+        let workers = Workers::start(STORE_WORKERS, STORE_QUEUE).map_err(|source| {
+            StoreError::Io {
+                path: reader.store_path().clone(),
+                source,
+            }
+        })?;
         let shared = Shared {
-            reader,
+            reader: Arc::new(reader),
             source,
+            options,
             tree: RwLock::new(tree),
-            refreshing: Mutex::new(()),
             damaged: Mutex::new(HashSet::new()),
             invalidator,
-            rounds: Mutex::new(Rounds::default()),
+            handles: Handles::default(),
+            workers,
+            rounds: Mutex::new(Rounds {
+                ok: true,
+                ..Rounds::default()
+            }),
             round_done: Condvar::new(),
+            store_file,
+            store_replaced: AtomicBool::new(false),
+            vault_gone: AtomicBool::new(false),
         };
         shared.report_damaged(snap.damaged);
         Ok(shared)
@@ -98,23 +161,28 @@ impl Shared {
         self.tree.read()
     }
 
-    /// Asks the refresher thread for a refresh and waits up to `limit` for it. A handler that
-    /// must stay instant uses this instead of reading the store itself: it can be delayed by
-    /// `limit` at most, however stuck the store is.
-    pub fn wait_for_refresh(&self, limit: Duration) {
+    /// Asks the refresher thread for a round that starts after this call and waits for it
+    /// until `deadline`. A handler uses this instead of reading the store itself, so it is
+    /// delayed until its deadline at most, however stuck the store is.
+    pub fn wait_for_refresh(&self, deadline: Instant) -> Freshness {
         let mut rounds = self.rounds.lock();
         rounds.requested += 1;
         let mine = rounds.requested;
         self.round_done.notify_all();
-        let deadline = std::time::Instant::now() + limit;
         while rounds.finished < mine {
             if self
                 .round_done
                 .wait_until(&mut rounds, deadline)
                 .timed_out()
+                && rounds.finished < mine
             {
-                break;
+                return Freshness::TimedOut;
             }
+        }
+        if rounds.ok {
+            Freshness::Fresh
+        } else {
+            Freshness::Failed
         }
     }
 
@@ -128,10 +196,11 @@ impl Shared {
         rounds.requested
     }
 
-    /// For the refresher thread: rounds up to `upto` are done.
-    pub fn finish_round(&self, upto: u64) {
+    /// For the refresher thread: rounds up to `upto` are done, with this outcome.
+    pub fn finish_round(&self, upto: u64, ok: bool) {
         let mut rounds = self.rounds.lock();
         rounds.finished = rounds.finished.max(upto);
+        rounds.ok = ok;
         self.round_done.notify_all();
     }
 
@@ -140,30 +209,40 @@ impl Shared {
         format!("{}:{}", self.reader.vault_name(), self.source)
     }
 
-    /// Brings the tree up to date with the store, waiting (bounded) for a refresh running on
-    /// another thread rather than repeat it. The store is read without the tree's lock, so
-    /// handlers keep answering while a refresh waits on SQLite.
-    pub fn refresh(&self) -> Result<(), StoreError> {
+    /// Brings the tree up to date with the store. Only the refresher thread calls this: the
+    /// store is read without the tree's lock, so handlers keep answering meanwhile.
+    pub(crate) fn refresh(&self) -> Result<(), StoreError> {
         let generation = self.reader.generation()?;
-        if generation == self.tree().generation {
-            return Ok(());
-        }
-        let Some(_serial) = self.refreshing.try_lock_for(REFRESH_WAIT) else {
-            return Err(StoreError::Busy(self.reader.store_path().clone()));
-        };
         let (known, vault_version) = {
             let tree = self.tree();
             (tree.generation, tree.vault.version)
         };
-        if known >= generation {
-            // Another thread refreshed while we waited.
+        if generation == known {
             return Ok(());
         }
         let changes = self.reader.changes_since(known, vault_version)?;
         let mut deleted = changes.deleted;
         deleted.extend(changes.damaged.iter().map(|(id, _)| *id));
+        self.apply(|tree| {
+            tree.apply(changes.generation, changes.vault, changes.upserts, &deleted)
+        });
+        self.report_damaged(changes.damaged);
+        Ok(())
+    }
+
+    /// Empties the tree: the vault is gone, and a vault re-created under the same name has a
+    /// new key this mount does not hold.
+    pub(crate) fn clear(&self) {
+        self.apply(|tree| {
+            let generation = tree.generation;
+            let ids = tree.entry_ids();
+            tree.apply(generation, None, Vec::new(), &ids)
+        });
+    }
+
+    fn apply(&self, change: impl FnOnce(&mut Tree) -> Vec<Stale>) {
         let mut tree = self.tree.write();
-        let stale = tree.apply(changes.generation, changes.vault, changes.upserts, &deleted);
+        let stale = change(&mut tree);
         // Marks go in before the write lock drops, so an open that sees the new tree also
         // sees that the kernel's copy is stale.
         for s in stale {
@@ -172,9 +251,6 @@ impl Shared {
                 Stale::Name(parent, name) => self.invalidator.entry(parent, &name),
             }
         }
-        drop(tree);
-        self.report_damaged(changes.damaged);
-        Ok(())
     }
 
     fn report_damaged(&self, damaged: Vec<(i64, StoreError)>) {
@@ -186,26 +262,45 @@ impl Shared {
         }
     }
 
-    /// The value of entry `id` for a handle opened at `version`: that version if it is still
-    /// current, else the newest (a handle opened before a rotation reads the rotated value
-    /// rather than fail, and never refills the page cache with the old one).
-    fn value(&self, id: i64, version: i64) -> Result<vaultfs_store::SecretBytes, StoreError> {
-        if let Some(v) = self.reader.read_value(id, version)? {
-            return Ok(v);
+    /// Reports a value that failed to decrypt, once per entry.
+    fn report_unreadable(&self, id: i64, path: &str, err: &StoreError) {
+        if self.damaged.lock().insert(id) {
+            tracing::error!("{}:{path}: {err}", self.reader.vault_name());
         }
-        for _ in 0..3 {
-            let Some(entry) = self.reader.entry(id)? else {
-                break;
-            };
-            if let Some(v) = self.reader.read_value(id, entry.version)? {
-                return Ok(v);
-            }
-        }
-        Err(StoreError::NotFound(format!(
-            "{}: entry #{id}",
-            self.reader.vault_name()
-        )))
     }
+
+    /// The ciphertext of entry `id` at `version`, fetched by a store worker until `deadline`.
+    fn fetch(
+        &self,
+        id: i64,
+        version: i64,
+        deadline: Instant,
+    ) -> Result<Option<SealedValue>, FetchError> {
+        let reader = self.reader.clone();
+        match self
+            .workers
+            .run(deadline, move || reader.sealed_value(id, version))
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(FetchError::Store(e)),
+            Err(WorkerError::TimedOut) => Err(FetchError::TimedOut),
+            Err(WorkerError::Busy) => Err(FetchError::Busy),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum FetchError {
+    Store(StoreError),
+    TimedOut,
+    Busy,
+}
+
+/// The (device, inode) of the file at `path`, by `stat` (never by opening it: closing a
+/// descriptor of SQLite's file would drop SQLite's locks on it).
+pub(crate) fn file_identity(path: &PathBuf) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The FUSE filesystem: a thin shell over [`Shared`].
@@ -220,15 +315,6 @@ impl VaultFs {
         VaultFs { shared }
     }
 
-    /// Refreshes for an operation that must see the latest state, answering EIO (with one log
-    /// line) when the store cannot be read in bounded time.
-    fn refresh(&self, what: &str) -> Result<(), Errno> {
-        self.shared.refresh().map_err(|e| {
-            tracing::warn!("{}: {what}: {e}", self.shared.describe());
-            Errno::EIO
-        })
-    }
-
     fn caller(req: &Request) -> Caller {
         Caller {
             uid: req.uid(),
@@ -239,7 +325,7 @@ impl VaultFs {
 
     fn check_open(
         &self,
-        req: &Request,
+        caller: Caller,
         tree: &Tree,
         node: &Node,
         flags: OpenFlags,
@@ -247,7 +333,6 @@ impl VaultFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return Err(Errno::EROFS);
         }
-        let caller = Self::caller(req);
         if !access::allowed(node, caller, access::READ) {
             tracing::info!(
                 uid = caller.uid,
@@ -267,10 +352,115 @@ impl VaultFs {
         );
         Ok(())
     }
+
+    /// The whole open of a secret, as an errno on failure.
+    fn open_file(&self, req: &Request, ino: INodeNo, flags: OpenFlags) -> Result<(FileHandle, FopenFlags), Errno> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.options.open_timeout;
+        match shared.wait_for_refresh(deadline) {
+            Freshness::Fresh => {}
+            // The refresher logs the store's trouble once; every open would repeat it.
+            Freshness::Failed => return Err(Errno::EIO),
+            Freshness::TimedOut => {
+                tracing::debug!("{}: open: the store did not answer in time", shared.describe());
+                return Err(Errno::EIO);
+            }
+        }
+        let caller = Self::caller(req);
+        let (id, version, attr, path) = {
+            let tree = shared.tree();
+            let Some(node) = tree.node(ino) else {
+                // An outdated version: the kernel walks the path again and finds the new one
+                // (or nothing, if the secret is gone).
+                return Err(if is_version_ino(ino) {
+                    Errno::ESTALE
+                } else {
+                    Errno::ENOENT
+                });
+            };
+            if node.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            self.check_open(caller, &tree, node, flags)?;
+            (node.id, node.version, node.attr(ino), tree.path(node))
+        };
+        let value = match shared.fetch(id, version, deadline) {
+            Ok(Some(value)) => value,
+            // Rewritten since the refresh: walk again.
+            Ok(None) => return Err(Errno::ESTALE),
+            Err(FetchError::Store(e)) => {
+                shared.report_unreadable(id, &path.to_string(), &e);
+                return Err(Errno::EIO);
+            }
+            Err(FetchError::TimedOut | FetchError::Busy) => {
+                tracing::debug!("{}:{path}: the store did not answer in time", shared.reader.vault_name());
+                return Err(Errno::EIO);
+            }
+        };
+        // A version inode's bytes never change, so the kernel may always keep its pages. The
+        // root of a single-secret mount is one inode for every version: after a rotation wait
+        // for the notifier to drop the kernel's copy, else read around the cache.
+        let cache = if ino != INodeNo::ROOT || shared.invalidator.settle(id, SETTLE_WAIT) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            tracing::debug!("{}: entry #{id} opened around the cache", shared.describe());
+            FopenFlags::FOPEN_DIRECT_IO
+        };
+        let fh = shared.handles.insert(OpenFile {
+            ino,
+            id,
+            version,
+            caller,
+            attr,
+            value,
+        });
+        Ok((fh, cache))
+    }
+
+    fn read_file(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
+        let Some(file) = self.shared.handles.get(fh).filter(|f| f.ino == ino) else {
+            return reply.error(Errno::EBADF);
+        };
+        let serve = |reply: ReplyData| match file.value.read(offset, size as usize) {
+            Ok(bytes) => reply.data(bytes.expose()),
+            Err(e) => {
+                let path = {
+                    let tree = self.shared.tree();
+                    tree.node(ino).map(|n| tree.path(n).to_string())
+                };
+                self.shared
+                    .report_unreadable(file.id, path.as_deref().unwrap_or("?"), &e);
+                reply.error(Errno::EIO);
+            }
+        };
+        if ino != INodeNo::ROOT {
+            return serve(reply);
+        }
+        // The root of a single-secret mount has one page cache for every version: a handle
+        // of an outdated version must not put its bytes there. The tree's read lock is held
+        // until the reply is sent, so a rotation is either applied (and this read refused)
+        // or not yet applied (and its invalidation, queued after, drops these pages).
+        let tree = self.shared.tree();
+        let current = tree.node(INodeNo::ROOT).map(|n| (n.id, n.version));
+        if current != Some((file.id, file.version)) {
+            drop(tree);
+            return reply.error(Errno::ESTALE);
+        }
+        serve(reply);
+        drop(tree);
+    }
 }
 
 fn name_str(name: &OsStr) -> Option<&str> {
     name.to_str()
+}
+
+fn kind_of(node: &Node) -> FileType {
+    if node.is_dir() {
+        FileType::Directory
+    } else {
+        FileType::RegularFile
+    }
 }
 
 impl Filesystem for VaultFs {
@@ -296,12 +486,13 @@ impl Filesystem for VaultFs {
             let tree = self.shared.tree();
             let dir = tree.node(parent)?;
             let child = tree.child(dir, name)?;
-            Some(child.attr(tree.ino(child.id)))
+            Some(child.attr(tree.ino_of(child)))
         };
         // A miss may be a secret created since the last refresh: look again after one, which
         // the refresher thread makes so this never waits on the store for long.
         let attr = find().or_else(|| {
-            self.shared.wait_for_refresh(LOOKUP_MISS_WAIT);
+            self.shared
+                .wait_for_refresh(Instant::now() + LOOKUP_MISS_WAIT);
             find()
         });
         match attr {
@@ -310,45 +501,35 @@ impl Filesystem for VaultFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // Served from memory; the refresher keeps it within a poll interval of the store.
-        let tree = self.shared.tree();
-        match tree.node(ino) {
-            Some(node) => reply.attr(&TTL, &node.attr(ino)),
-            None => reply.error(Errno::ENOENT),
+        let current: Option<FileAttr> = {
+            let tree = self.shared.tree();
+            tree.node(ino).map(|node| node.attr(ino))
+        };
+        if let Some(attr) = current {
+            return reply.attr(&TTL, &attr);
         }
+        // fstat on a handle of an outdated version: that version's attributes.
+        let file = fh
+            .and_then(|fh| self.shared.handles.get(fh))
+            .filter(|f| f.ino == ino)
+            .or_else(|| self.shared.handles.any_of(ino));
+        if let Some(file) = file {
+            return reply.attr(&TTL, &file.attr);
+        }
+        reply.error(if is_version_ino(ino) {
+            Errno::ESTALE
+        } else {
+            Errno::ENOENT
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if let Err(e) = self.refresh("open") {
-            return reply.error(e);
+        match self.open_file(req, ino, flags) {
+            Ok((fh, cache)) => reply.opened(fh, cache),
+            Err(e) => reply.error(e),
         }
-        let (id, version) = {
-            let tree = self.shared.tree();
-            let Some(node) = tree.node(ino) else {
-                return reply.error(Errno::ENOENT);
-            };
-            if node.is_dir() {
-                return reply.error(Errno::EISDIR);
-            }
-            if let Err(e) = self.check_open(req, &tree, node, flags) {
-                return reply.error(e);
-            }
-            (node.id, node.version)
-        };
-        // The kernel may keep its pages only when they cannot be stale: after a change, wait
-        // for the notifier to drop them (and the cached size); if that takes too long, this
-        // open reads around the cache.
-        let cache = if self.shared.invalidator.settle(id, SETTLE_WAIT) {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            tracing::debug!(
-                "{}: entry #{id} opened around the cache",
-                self.shared.describe()
-            );
-            FopenFlags::FOPEN_DIRECT_IO
-        };
-        reply.opened(FileHandle(version as u64), cache);
     }
 
     fn read(
@@ -362,28 +543,7 @@ impl Filesystem for VaultFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(id) = self.shared.tree().node(ino).map(|n| n.id) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match self.shared.value(id, fh.0 as i64) {
-            Ok(value) => {
-                let bytes = value.expose();
-                let start = (offset as usize).min(bytes.len());
-                let end = start.saturating_add(size as usize).min(bytes.len());
-                reply.data(&bytes[start..end]);
-            }
-            Err(e) => {
-                let tree = self.shared.tree();
-                let path = tree.node(ino).map(|n| tree.path(n).to_string());
-                drop(tree);
-                tracing::error!(
-                    "{}:{}: {e}",
-                    self.shared.reader.vault_name(),
-                    path.as_deref().unwrap_or("?")
-                );
-                reply.error(Errno::EIO);
-            }
-        }
+        self.read_file(ino, fh, offset, size, reply);
     }
 
     fn flush(
@@ -403,18 +563,29 @@ impl Filesystem for VaultFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(file) = self.shared.handles.remove(fh) {
+            tracing::trace!(
+                uid = file.caller.uid,
+                pid = file.caller.pid,
+                "{}: entry #{} version {} closed",
+                self.shared.describe(),
+                file.id,
+                file.version
+            );
+        }
         reply.ok();
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // Listing never waits on the store: a directory holds no secret, and the ACL it is
-        // checked against is at most one poll interval old.
+        // checked against is at most one poll interval old. A directory handle may keep
+        // listing after a revocation, as on any POSIX filesystem.
         let tree = self.shared.tree();
         let Some(node) = tree.node(ino) else {
             return reply.error(Errno::ENOENT);
@@ -422,7 +593,7 @@ impl Filesystem for VaultFs {
         if !node.is_dir() {
             return reply.error(Errno::ENOTDIR);
         }
-        match self.check_open(req, &tree, node, flags) {
+        match self.check_open(Self::caller(req), &tree, node, flags) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -444,14 +615,9 @@ impl Filesystem for VaultFs {
             (ino, FileType::Directory, "."),
             (tree.parent_ino(dir), FileType::Directory, ".."),
         ];
-        let children = tree.children(dir).map(|(name, child)| {
-            let kind = if child.is_dir() {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
-            (tree.ino(child.id), kind, name)
-        });
+        let children = tree
+            .children(dir)
+            .map(|(name, child)| (tree.ino_of(child), kind_of(child), name));
         for (i, (ino, kind, name)) in dots
             .into_iter()
             .chain(children)
@@ -463,6 +629,21 @@ impl Filesystem for VaultFs {
             }
         }
         reply.ok();
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Every Python open() asks TCGETS; "not a terminal" is the right answer, quietly.
+        reply.error(Errno::ENOTTY);
     }
 
     fn getxattr(

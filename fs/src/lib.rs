@@ -8,9 +8,13 @@
 
 mod access;
 mod driver;
+mod handles;
 mod invalidate;
 mod mount;
 pub mod nss;
+mod refresher;
 mod view;
+mod workers;
 
+pub use driver::Options;
 pub use mount::{clear_stale, detach, is_vaultfs_mount, mount, MountError, Mounted, Unmounter};

@@ -6,18 +6,14 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use vaultfs_store::{EntryKind, StoreError, VaultPath, VaultReader};
 
-use crate::driver::{Shared, VaultFs};
+use crate::driver::{Options, Shared, VaultFs};
+use crate::refresher;
 use crate::invalidate::{self, Invalidator};
-
-/// How often the refresher looks for changes made by writers, so that `ls` and `stat` show
-/// them (and kernel caches are dropped) without waiting for an open.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Request threads: enough that one slow request never stalls the others on a small machine.
 const REQUEST_THREADS: usize = 8;
@@ -252,10 +248,16 @@ pub fn mount(
     reader: VaultReader,
     source: VaultPath,
     mountpoint: &Path,
+    options: &Options,
 ) -> Result<Mounted, MountError> {
     let vault = reader.vault_name().to_owned();
     let (invalidator, queue) = Invalidator::new();
-    let shared = Arc::new(Shared::load(reader, source.clone(), invalidator.clone())?);
+    let shared = Arc::new(Shared::load(
+        reader,
+        source.clone(),
+        invalidator.clone(),
+        options.clone(),
+    )?);
     let kind = {
         let tree = shared.tree();
         for name in tree.unresolved_names() {
@@ -310,7 +312,7 @@ pub fn mount(
     let weak = Arc::downgrade(&shared);
     std::thread::Builder::new()
         .name("vaultfs-refresh".into())
-        .spawn(move || refresh_loop(weak))
+        .spawn(move || refresher::run(weak))
         .map_err(|error| MountError::Mount {
             path: mountpoint.to_owned(),
             error,
@@ -320,31 +322,6 @@ pub fn mount(
         mountpoint: mountpoint.to_owned(),
         shared,
     })
-}
-
-/// Polls the store for changes while the mount lives.
-fn refresh_loop(shared: Weak<Shared>) {
-    let mut failing = false;
-    loop {
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let round = shared.next_round(POLL_INTERVAL);
-        let result = shared.refresh();
-        shared.finish_round(round);
-        match result {
-            Ok(_) if failing => {
-                tracing::warn!("{}: the store is readable again", shared.describe());
-                failing = false;
-            }
-            Ok(_) => {}
-            Err(e) if !failing => {
-                tracing::warn!("{}: cannot follow changes: {e}", shared.describe());
-                failing = true;
-            }
-            Err(_) => {}
-        }
-    }
 }
 
 impl Mounted {

@@ -19,6 +19,35 @@ use crate::nss;
 /// grants that class to nobody, so showing `nobody` tells the truth.
 pub const UNRESOLVED_ID: u32 = 65534;
 
+/// Set in the inode number of a secret's version; directory inodes (`id + 1`) never have it.
+const VERSION_INO_FLAG: u64 = 1 << 63;
+/// Low bits of an inode number that hold the version; the id goes above them.
+const VERSION_BITS: u32 = 24;
+const VERSION_MASK: u64 = (1 << VERSION_BITS) - 1;
+
+/// The inode of version `version` of secret `id`. Versions are kept modulo 2^24: two versions
+/// that far apart never coexist in the kernel's caches. Ids are SQLite row ids, far below the
+/// 2^39 this leaves them.
+pub fn version_ino(id: i64, version: i64) -> INodeNo {
+    INodeNo(VERSION_INO_FLAG | ((id as u64) << VERSION_BITS) | (version as u64 & VERSION_MASK))
+}
+
+/// The entry id and version bits of a version inode, `None` for any other inode.
+fn split_version_ino(ino: INodeNo) -> Option<(i64, u64)> {
+    (ino.0 & VERSION_INO_FLAG != 0).then(|| {
+        (
+            ((ino.0 & !VERSION_INO_FLAG) >> VERSION_BITS) as i64,
+            ino.0 & VERSION_MASK,
+        )
+    })
+}
+
+/// Whether `ino` names one version of a secret: an open of an outdated one answers ESTALE,
+/// so the kernel walks the path again and finds the current version.
+pub fn is_version_ino(ino: INodeNo) -> bool {
+    split_version_ino(ino).is_some()
+}
+
 /// An ACL with its names resolved to ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Acl {
@@ -160,30 +189,48 @@ impl Tree {
             .flatten()
     }
 
-    /// The inode number of entry `id`: the mounted root is always inode 1; every other entry
-    /// keeps `id + 1` for its whole life, through renames and rewrites.
+    /// The inode number of entry `id` as it is now (see [`Tree::ino_of`]).
     pub fn ino(&self, id: i64) -> INodeNo {
-        if Some(id) == self.root() {
-            INodeNo::ROOT
-        } else {
-            INodeNo(id as u64 + 1)
+        match self.nodes.get(&id) {
+            Some(node) => self.ino_of(node),
+            None if Some(id) == self.root() => INodeNo::ROOT,
+            None => INodeNo(id as u64 + 1),
         }
     }
 
-    /// The node behind inode `ino`.
+    /// The inode number of `node`. The mounted root is always inode 1. A directory keeps
+    /// `id + 1` for its whole life. A secret gets one inode per version ([`version_ino`]):
+    /// one inode holds one size and one page cache, so a rotation never changes the bytes
+    /// or the size behind an inode that a reader has open or mapped.
+    pub fn ino_of(&self, node: &Node) -> INodeNo {
+        if Some(node.id) == self.root() {
+            INodeNo::ROOT
+        } else if node.is_dir() {
+            INodeNo(node.id as u64 + 1)
+        } else {
+            version_ino(node.id, node.version)
+        }
+    }
+
+    /// The node behind inode `ino`, as it is now: `None` for an inode of an outdated version
+    /// of a secret (see [`is_version_ino`]) as for one that never existed.
     pub fn node(&self, ino: INodeNo) -> Option<&Node> {
         let root = self.root();
-        let id = if ino == INodeNo::ROOT {
-            root?
-        } else {
-            let id = ino.0.checked_sub(1)? as i64;
-            // The root's own id + 1 is not a second name for it.
-            if Some(id) == root {
-                return None;
-            }
-            id
-        };
-        self.nodes.get(&id)
+        if ino == INodeNo::ROOT {
+            return self.nodes.get(&root?);
+        }
+        if let Some((id, version_bits)) = split_version_ino(ino) {
+            let node = self.nodes.get(&id)?;
+            let current = !node.is_dir()
+                && Some(id) != root
+                && (node.version as u64 & VERSION_MASK) == version_bits;
+            return current.then_some(node);
+        }
+        let id = ino.0.checked_sub(1)? as i64;
+        // The root's own id + 1 is not a second name for it, and a secret is reached only
+        // through the inode of one of its versions.
+        let node = self.nodes.get(&id)?;
+        (Some(id) != root && node.is_dir()).then_some(node)
     }
 
     /// The inode of `node`'s parent (the root is its own parent, as `..` of a mount root).
@@ -221,6 +268,11 @@ impl Tree {
             .iter()
             .rev()
             .fold(VaultPath::root(), |path, name| path.join(name))
+    }
+
+    /// The ids of every entry of the vault the tree knows.
+    pub fn entry_ids(&self) -> Vec<i64> {
+        self.entries.keys().copied().collect()
     }
 
     /// The owner and group names of the vault and its entries that do not resolve on this host.
@@ -281,8 +333,10 @@ impl Tree {
         let before_root = self.root();
         if rebuild {
             let old_nodes = std::mem::take(&mut self.nodes);
-            let old_inos: HashMap<i64, INodeNo> =
-                old_nodes.keys().map(|id| (*id, self.ino(*id))).collect();
+            let old_inos: HashMap<i64, INodeNo> = old_nodes
+                .iter()
+                .map(|(id, node)| (*id, self.ino_of(node)))
+                .collect();
             self.rebuild_view();
             let mut stale = Vec::new();
             if before_root != self.root() {
@@ -317,7 +371,11 @@ impl Tree {
         }
         if let Some(b) = before {
             let moved = after.is_none_or(|a| a.name != b.name || a.parent != b.parent);
-            if moved && old_ino != INodeNo::ROOT {
+            // A new version of a secret is a new inode: the cached name must stop leading
+            // to the old one (an open through it would still work, by ESTALE and a second
+            // walk, but costs a round trip).
+            let renumbered = after.is_some_and(|a| self.ino_of(a) != old_ino);
+            if (moved || renumbered) && old_ino != INodeNo::ROOT {
                 // The old name must go even when the inode lives on elsewhere.
                 stale.push(Stale::Name(self.ino(b.parent), b.name.clone()));
             }
@@ -331,7 +389,10 @@ impl Tree {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {
             let before = self.nodes.remove(&id);
-            let ino = self.ino(id);
+            let ino = match &before {
+                Some(b) => self.ino_of(b),
+                None => self.ino(id),
+            };
             let parent_acl = self.entries.get(&id).and_then(|e| {
                 let parent = self.nodes.get(&e.parent)?;
                 parent.is_dir().then_some(parent.acl)
@@ -580,9 +641,16 @@ mod tests {
         let mut a = entries()[1].clone();
         a.version = 2;
         a.size = 9;
+        let old = version_ino(2, 1);
+        assert!(tree.node(old).is_some());
         let stale = tree.apply(2, None, vec![a], &[]);
-        assert_eq!(stale, [Stale::Inode(2, INodeNo(3))]);
-        assert_eq!(tree.node(INodeNo(3)).unwrap().size, 9);
+        assert_eq!(
+            stale,
+            [Stale::Name(INodeNo(2), "a".into()), Stale::Inode(2, old)]
+        );
+        assert!(tree.node(old).is_none(), "the old version's inode is outdated");
+        assert_eq!(tree.node(version_ino(2, 2)).unwrap().size, 9);
+        assert!(tree.node(INodeNo(3)).is_none(), "a secret has no id + 1 inode");
     }
 
     #[test]
@@ -594,7 +662,7 @@ mod tests {
         dir.name = "moved".into();
         let stale = tree.apply(2, None, vec![dir], &[]);
         assert!(stale.contains(&Stale::Name(INodeNo::ROOT, "dir".into())));
-        assert!(stale.contains(&Stale::Inode(2, INodeNo(3))));
+        assert!(stale.contains(&Stale::Inode(2, version_ino(2, 1))));
         let root = tree.node(INodeNo::ROOT).unwrap();
         assert!(tree.child(root, "dir").is_none());
         let moved = tree.child(root, "moved").unwrap();

@@ -25,11 +25,13 @@ pub fn mount(
     mountpoint: &Path,
     foreground: bool,
     log_file: Option<&Path>,
+    open_timeout: std::time::Duration,
 ) -> Result<ExitCode> {
     let source = Address::parse(source)?;
     let spec = MountSpec {
         source,
         mountpoint: absolute(mountpoint)?,
+        open_timeout,
     };
     let store_path = credentials::store_path(cli);
     credentials::require_store(&store_path)?;
