@@ -14,6 +14,8 @@ mod import;
 
 // The FUSE mount: attributes, permissions, rotation, signals, stale mounts, stalls.
 mod mount;
+// Open handles under attack: versions, replacements, torn reads, mmap.
+mod handles;
 // Real clients through a mount: nix, curl, ssh-keygen, bubblewrap.
 mod clients;
 // The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.

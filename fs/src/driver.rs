@@ -42,7 +42,7 @@ const TTL: Duration = Duration::from_secs(1);
 const LOOKUP_MISS_WAIT: Duration = Duration::from_millis(300);
 
 /// How long an open of the rotated root of a single-secret mount waits for the kernel to drop
-/// its stale copy (size and pages) before it reads around the cache instead.
+/// its cached attributes (the old size).
 const SETTLE_WAIT: Duration = Duration::from_millis(500);
 
 /// Store workers: values are fetched by a few threads; more would only queue on SQLite.
@@ -397,14 +397,19 @@ impl VaultFs {
                 return Err(Errno::EIO);
             }
         };
-        // A version inode's bytes never change, so the kernel may always keep its pages. The
-        // root of a single-secret mount is one inode for every version: after a rotation wait
-        // for the notifier to drop the kernel's copy, else read around the cache.
-        let cache = if ino != INodeNo::ROOT || shared.invalidator.settle(id, SETTLE_WAIT) {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            tracing::debug!("{}: entry #{id} opened around the cache", shared.describe());
+        // A version inode's bytes never change, so the kernel may always keep its pages.
+        // The root of a single-secret mount is one inode for every version, and the page
+        // cache is per inode: a page filled through a new handle would be served to an old
+        // one without asking. So every read there comes to the daemon, which checks the
+        // handle's version. After a rotation, wait (bounded) for the notifier to drop the
+        // cached size, so fstat on the new handle tells the new size.
+        let cache = if ino == INodeNo::ROOT {
+            if !shared.invalidator.settle(id, SETTLE_WAIT) {
+                tracing::debug!("{}: the old size may still be cached", shared.describe());
+            }
             FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
         };
         let fh = shared.handles.insert(OpenFile {
             ino,
@@ -436,18 +441,18 @@ impl VaultFs {
         if ino != INodeNo::ROOT {
             return serve(reply);
         }
-        // The root of a single-secret mount has one page cache for every version: a handle
-        // of an outdated version must not put its bytes there. The tree's read lock is held
-        // until the reply is sent, so a rotation is either applied (and this read refused)
-        // or not yet applied (and its invalidation, queued after, drops these pages).
-        let tree = self.shared.tree();
-        let current = tree.node(INodeNo::ROOT).map(|n| (n.id, n.version));
+        // The root of a single-secret mount is one inode for every version: a handle of an
+        // outdated version fails rather than read bytes its caller may no longer be allowed
+        // to open (its reads all come here: it is opened with direct I/O).
+        let current = self
+            .shared
+            .tree()
+            .node(INodeNo::ROOT)
+            .map(|n| (n.id, n.version));
         if current != Some((file.id, file.version)) {
-            drop(tree);
             return reply.error(Errno::ESTALE);
         }
         serve(reply);
-        drop(tree);
     }
 }
 
