@@ -41,7 +41,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             open_timeout_ms,
         } => {
             let timeout = std::time::Duration::from_millis(*open_timeout_ms);
-            return mount::mount(cli, source, mountpoint, *foreground, log_file.as_deref(), timeout);
+            return mount::mount(
+                cli,
+                source,
+                mountpoint,
+                *foreground,
+                log_file.as_deref(),
+                timeout,
+            );
         }
         Command::Umount { mountpoint } => mount::umount(mountpoint),
         Command::Serve { config, check } => serve::serve(cli, config, *check),

@@ -122,7 +122,9 @@ fn size_of(h: &mut Holder) -> u64 {
 
 /// A value of `len` bytes that is never a prefix or suffix of another test value.
 fn value(tag: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| tag.wrapping_add((i % 251) as u8)).collect()
+    (0..len)
+        .map(|i| tag.wrapping_add((i % 251) as u8))
+        .collect()
 }
 
 fn rest_of(h: &mut Holder, one_byte_at_a_time: bool) -> Result<Vec<u8>, String> {
@@ -191,7 +193,15 @@ fn a_handle_keeps_its_version_through_a_move_into_a_private_directory_and_rotati
     ts.ok(&["mkdir", "app:/private"]);
     ts.ok(&["acl", "set", "app:/private", "--mode", "0400"]);
     ts.write("app:/pub/tok", b"v1-for-bob");
-    ts.ok(&["acl", "set", "app:/pub/tok", "--owner", "vfs-h-bob", "--mode", "0400"]);
+    ts.ok(&[
+        "acl",
+        "set",
+        "app:/pub/tok",
+        "--owner",
+        "vfs-h-bob",
+        "--mode",
+        "0400",
+    ]);
     let mnt = ts.path("mnt");
     let _m = ts.mount("app", &mnt);
 
@@ -210,7 +220,11 @@ fn a_handle_keeps_its_version_through_a_move_into_a_private_directory_and_rotati
         b"ROTATED-TWO-root-only"
     );
     assert_eq!(rest_of(&mut bob, true).unwrap(), b"1-for-bob");
-    assert_eq!(size_of(&mut bob), 10, "fstat shows the version the handle opened");
+    assert_eq!(
+        size_of(&mut bob),
+        10,
+        "fstat shows the version the handle opened"
+    );
 }
 
 #[test]
@@ -291,7 +305,11 @@ fn an_unchanged_secret_keeps_the_page_cache_and_a_changed_one_does_not() {
     let file = mnt.join("s");
     let ino = std::fs::metadata(&file).unwrap().ino();
     assert_eq!(std::fs::read(&file).unwrap(), b"one");
-    assert_eq!(std::fs::metadata(&file).unwrap().ino(), ino, "same version, same inode");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().ino(),
+        ino,
+        "same version, same inode"
+    );
     ts.write("app:/s", b"two!");
     let mut read = Vec::new();
     std::fs::File::open(&file)

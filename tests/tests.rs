@@ -16,6 +16,8 @@ mod import;
 mod mount;
 // Open handles under attack: versions, replacements, torn reads, mmap.
 mod handles;
+// Locked, frozen, replaced and removed stores: bounded waits, no stale or mixed state.
+mod stalls;
 // Real clients through a mount: nix, curl, ssh-keygen, bubblewrap.
 mod clients;
 // The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyXattr, Request,
 };
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
@@ -50,6 +50,13 @@ const STORE_WORKERS: usize = 4;
 
 /// Fetches that may wait for a worker; beyond that the store is stuck and opens fail at once.
 const STORE_QUEUE: usize = 64;
+
+/// Opens that may wait for the store at once. Each waits until its deadline at most, so this
+/// bounds how many opens a stuck store holds, not how long.
+const OPENERS: usize = 32;
+
+/// Opens that may queue for an opener; beyond that an open fails at once with EIO.
+const OPEN_QUEUE: usize = 32;
 
 /// Settings of one mount.
 #[derive(Debug, Clone)]
@@ -88,6 +95,8 @@ pub struct Shared {
     pub(crate) invalidator: Arc<Invalidator>,
     handles: Handles,
     workers: Workers,
+    /// Threads that carry opens through their waits.
+    openers: Workers,
     /// Refresh rounds asked of the refresher thread, and rounds it has finished.
     rounds: Mutex<Rounds>,
     round_done: Condvar,
@@ -127,12 +136,14 @@ impl Shared {
         let store_file = file_identity(reader.store_path());
         let snap = reader.snapshot()?;
         let tree = Tree::new(snap.generation, snap.vault, snap.entries, source.clone());
-        let workers = Workers::start(STORE_WORKERS, STORE_QUEUE).map_err(|source| {
-            StoreError::Io {
+        let pool = |name, threads, queue| {
+            Workers::start(name, threads, queue).map_err(|source| StoreError::Io {
                 path: reader.store_path().clone(),
                 source,
-            }
-        })?;
+            })
+        };
+        let workers = pool("vaultfs-store", STORE_WORKERS, STORE_QUEUE)?;
+        let openers = pool("vaultfs-open", OPENERS, OPEN_QUEUE)?;
         let shared = Shared {
             reader: Arc::new(reader),
             source,
@@ -142,6 +153,7 @@ impl Shared {
             invalidator,
             handles: Handles::default(),
             workers,
+            openers,
             rounds: Mutex::new(Rounds {
                 ok: true,
                 ..Rounds::default()
@@ -223,9 +235,7 @@ impl Shared {
         let changes = self.reader.changes_since(known, vault_version)?;
         let mut deleted = changes.deleted;
         deleted.extend(changes.damaged.iter().map(|(id, _)| *id));
-        self.apply(|tree| {
-            tree.apply(changes.generation, changes.vault, changes.upserts, &deleted)
-        });
+        self.apply(|tree| tree.apply(changes.generation, changes.vault, changes.upserts, &deleted));
         self.report_damaged(changes.damaged);
         Ok(())
     }
@@ -287,6 +297,115 @@ impl Shared {
             Err(WorkerError::Busy) => Err(FetchError::Busy),
         }
     }
+
+    fn check_open(
+        &self,
+        caller: Caller,
+        tree: &Tree,
+        node: &Node,
+        flags: OpenFlags,
+    ) -> Result<(), Errno> {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return Err(Errno::EROFS);
+        }
+        if !access::allowed(node, caller, access::READ) {
+            tracing::info!(
+                uid = caller.uid,
+                pid = caller.pid,
+                "{}:{} denied",
+                self.reader.vault_name(),
+                tree.path(node)
+            );
+            return Err(Errno::EACCES);
+        }
+        tracing::debug!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "{}:{} opened",
+            self.reader.vault_name(),
+            tree.path(node)
+        );
+        Ok(())
+    }
+
+    /// The whole open of a secret, as an errno on failure.
+    pub(crate) fn open_file(
+        &self,
+        caller: Caller,
+        ino: INodeNo,
+        flags: OpenFlags,
+    ) -> Result<(FileHandle, FopenFlags), Errno> {
+        let shared = self;
+        let deadline = Instant::now() + shared.options.open_timeout;
+        match shared.wait_for_refresh(deadline) {
+            Freshness::Fresh => {}
+            // The refresher logs the store's trouble once; every open would repeat it.
+            Freshness::Failed => return Err(Errno::EIO),
+            Freshness::TimedOut => {
+                tracing::debug!(
+                    "{}: open: the store did not answer in time",
+                    shared.describe()
+                );
+                return Err(Errno::EIO);
+            }
+        }
+        let (id, version, attr, path) = {
+            let tree = shared.tree();
+            let Some(node) = tree.node(ino) else {
+                // An outdated version: the kernel walks the path again and finds the new one
+                // (or nothing, if the secret is gone).
+                return Err(if is_version_ino(ino) {
+                    Errno::ESTALE
+                } else {
+                    Errno::ENOENT
+                });
+            };
+            if node.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            self.check_open(caller, &tree, node, flags)?;
+            (node.id, node.version, node.attr(ino), tree.path(node))
+        };
+        let value = match shared.fetch(id, version, deadline) {
+            Ok(Some(value)) => value,
+            // Rewritten since the refresh: walk again.
+            Ok(None) => return Err(Errno::ESTALE),
+            Err(FetchError::Store(e)) => {
+                shared.report_unreadable(id, &path.to_string(), &e);
+                return Err(Errno::EIO);
+            }
+            Err(FetchError::TimedOut | FetchError::Busy) => {
+                tracing::debug!(
+                    "{}:{path}: the store did not answer in time",
+                    shared.reader.vault_name()
+                );
+                return Err(Errno::EIO);
+            }
+        };
+        // A version inode's bytes never change, so the kernel may always keep its pages.
+        // The root of a single-secret mount is one inode for every version, and the page
+        // cache is per inode: a page filled through a new handle would be served to an old
+        // one without asking. So every read there comes to the daemon, which checks the
+        // handle's version. After a rotation, wait (bounded) for the notifier to drop the
+        // cached size, so fstat on the new handle tells the new size.
+        let cache = if ino == INodeNo::ROOT {
+            if !shared.invalidator.settle(id, SETTLE_WAIT) {
+                tracing::debug!("{}: the old size may still be cached", shared.describe());
+            }
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        let fh = shared.handles.insert(OpenFile {
+            ino,
+            id,
+            version,
+            caller,
+            attr,
+            value,
+        });
+        Ok((fh, cache))
+    }
 }
 
 #[derive(Debug)]
@@ -321,105 +440,6 @@ impl VaultFs {
             gid: req.gid(),
             pid: req.pid(),
         }
-    }
-
-    fn check_open(
-        &self,
-        caller: Caller,
-        tree: &Tree,
-        node: &Node,
-        flags: OpenFlags,
-    ) -> Result<(), Errno> {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return Err(Errno::EROFS);
-        }
-        if !access::allowed(node, caller, access::READ) {
-            tracing::info!(
-                uid = caller.uid,
-                pid = caller.pid,
-                "{}:{} denied",
-                self.shared.reader.vault_name(),
-                tree.path(node)
-            );
-            return Err(Errno::EACCES);
-        }
-        tracing::debug!(
-            uid = caller.uid,
-            pid = caller.pid,
-            "{}:{} opened",
-            self.shared.reader.vault_name(),
-            tree.path(node)
-        );
-        Ok(())
-    }
-
-    /// The whole open of a secret, as an errno on failure.
-    fn open_file(&self, req: &Request, ino: INodeNo, flags: OpenFlags) -> Result<(FileHandle, FopenFlags), Errno> {
-        let shared = &self.shared;
-        let deadline = Instant::now() + shared.options.open_timeout;
-        match shared.wait_for_refresh(deadline) {
-            Freshness::Fresh => {}
-            // The refresher logs the store's trouble once; every open would repeat it.
-            Freshness::Failed => return Err(Errno::EIO),
-            Freshness::TimedOut => {
-                tracing::debug!("{}: open: the store did not answer in time", shared.describe());
-                return Err(Errno::EIO);
-            }
-        }
-        let caller = Self::caller(req);
-        let (id, version, attr, path) = {
-            let tree = shared.tree();
-            let Some(node) = tree.node(ino) else {
-                // An outdated version: the kernel walks the path again and finds the new one
-                // (or nothing, if the secret is gone).
-                return Err(if is_version_ino(ino) {
-                    Errno::ESTALE
-                } else {
-                    Errno::ENOENT
-                });
-            };
-            if node.is_dir() {
-                return Err(Errno::EISDIR);
-            }
-            self.check_open(caller, &tree, node, flags)?;
-            (node.id, node.version, node.attr(ino), tree.path(node))
-        };
-        let value = match shared.fetch(id, version, deadline) {
-            Ok(Some(value)) => value,
-            // Rewritten since the refresh: walk again.
-            Ok(None) => return Err(Errno::ESTALE),
-            Err(FetchError::Store(e)) => {
-                shared.report_unreadable(id, &path.to_string(), &e);
-                return Err(Errno::EIO);
-            }
-            Err(FetchError::TimedOut | FetchError::Busy) => {
-                tracing::debug!("{}:{path}: the store did not answer in time", shared.reader.vault_name());
-                return Err(Errno::EIO);
-            }
-        };
-        // A version inode's bytes never change, so the kernel may always keep its pages.
-        // The root of a single-secret mount is one inode for every version, and the page
-        // cache is per inode: a page filled through a new handle would be served to an old
-        // one without asking. So every read there comes to the daemon, which checks the
-        // handle's version. After a rotation, wait (bounded) for the notifier to drop the
-        // cached size, so fstat on the new handle tells the new size.
-        let cache = if ino == INodeNo::ROOT {
-            if !shared.invalidator.settle(id, SETTLE_WAIT) {
-                tracing::debug!("{}: the old size may still be cached", shared.describe());
-            }
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::FOPEN_KEEP_CACHE
-        };
-        let fh = shared.handles.insert(OpenFile {
-            ino,
-            id,
-            version,
-            caller,
-            attr,
-            value,
-        });
-        Ok((fh, cache))
     }
 
     fn read_file(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
@@ -531,9 +551,31 @@ impl Filesystem for VaultFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_file(req, ino, flags) {
-            Ok((fh, cache)) => reply.opened(fh, cache),
-            Err(e) => reply.error(e),
+        // The open waits (bounded) for the store on an opener thread, so this request
+        // thread is free at once for the next request, an `ls` or a `stat` say.
+        let shared = self.shared.clone();
+        let caller = Self::caller(req);
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        let mine = slot.clone();
+        let handed = self.shared.openers.spawn(move || {
+            let outcome = shared.open_file(caller, ino, flags);
+            // The slot is empty only if the job was refused, and then this never runs.
+            if let Some(reply) = mine.lock().take() {
+                match outcome {
+                    Ok((fh, cache)) => reply.opened(fh, cache),
+                    Err(e) => reply.error(e),
+                }
+            }
+        });
+        if handed.is_err() {
+            // Every opener is waiting on a stuck store: fail now rather than queue.
+            if let Some(reply) = slot.lock().take() {
+                tracing::debug!(
+                    "{}: open refused: every opener is busy",
+                    self.shared.describe()
+                );
+                reply.error(Errno::EIO);
+            }
         }
     }
 
@@ -598,7 +640,10 @@ impl Filesystem for VaultFs {
         if !node.is_dir() {
             return reply.error(Errno::ENOTDIR);
         }
-        match self.check_open(Self::caller(req), &tree, node, flags) {
+        match self
+            .shared
+            .check_open(Self::caller(req), &tree, node, flags)
+        {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }

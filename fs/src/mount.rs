@@ -12,8 +12,8 @@ use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use vaultfs_store::{EntryKind, StoreError, VaultPath, VaultReader};
 
 use crate::driver::{Options, Shared, VaultFs};
-use crate::refresher;
 use crate::invalidate::{self, Invalidator};
+use crate::refresher;
 
 /// Request threads: enough that one slow request never stalls the others on a small machine.
 const REQUEST_THREADS: usize = 8;

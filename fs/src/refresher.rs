@@ -50,8 +50,7 @@ pub fn run(shared: Weak<Shared>) {
 }
 
 fn round_of(shared: &Shared) -> Result<(), StoreError> {
-    if shared.store_replaced.load(Ordering::Relaxed) || shared.vault_gone.load(Ordering::Relaxed)
-    {
+    if shared.store_replaced.load(Ordering::Relaxed) || shared.vault_gone.load(Ordering::Relaxed) {
         return Ok(());
     }
     let path = shared.reader.store_path();

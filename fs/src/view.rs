@@ -648,9 +648,15 @@ mod tests {
             stale,
             [Stale::Name(INodeNo(2), "a".into()), Stale::Inode(2, old)]
         );
-        assert!(tree.node(old).is_none(), "the old version's inode is outdated");
+        assert!(
+            tree.node(old).is_none(),
+            "the old version's inode is outdated"
+        );
         assert_eq!(tree.node(version_ino(2, 2)).unwrap().size, 9);
-        assert!(tree.node(INodeNo(3)).is_none(), "a secret has no id + 1 inode");
+        assert!(
+            tree.node(INodeNo(3)).is_none(),
+            "a secret has no id + 1 inode"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! A small, bounded pool of threads for the store work a request needs (reading a value's
-//! ciphertext), so no request thread ever blocks on SQLite or on the store's disk.
+//! Small, bounded pools of threads for the waiting a request needs, so no FUSE request thread
+//! ever blocks on SQLite or on the store's disk: store workers read values' ciphertext, and
+//! openers carry an open through its (bounded) waits and send its reply, leaving the request
+//! threads free for `ls` and `stat`.
 //!
-//! A request hands its job over and waits until its deadline, then answers EIO whatever the
-//! job is doing. The queue is bounded: when every worker is stuck (a frozen disk) and the
+//! A caller of [`Workers::run`] hands its job over and waits until its deadline, then answers
+//! EIO whatever the job is doing. The queue is bounded: when every worker is stuck (a frozen disk) and the
 //! queue is full, requests fail at once instead of piling up. A worker stuck in the kernel
 //! (D state on a frozen disk) cannot be killed or interrupted by anyone; it only holds its own
 //! thread, and the mount never waits for it to end.
@@ -30,12 +32,12 @@ pub struct Workers {
 
 impl Workers {
     /// Starts `threads` workers sharing a queue of `queue_len` jobs.
-    pub fn start(threads: usize, queue_len: usize) -> std::io::Result<Workers> {
+    pub fn start(name: &str, threads: usize, queue_len: usize) -> std::io::Result<Workers> {
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(queue_len);
         for i in 0..threads {
             let jobs: Receiver<Job> = jobs.clone();
             std::thread::Builder::new()
-                .name(format!("vaultfs-store-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
                     for job in jobs {
                         // A panicking job must not take the worker with it; its caller sees
@@ -45,6 +47,13 @@ impl Workers {
                 })?;
         }
         Ok(Workers { queue })
+    }
+
+    /// Hands `job` to a worker and returns at once; `Busy` when the queue is full.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> Result<(), WorkerError> {
+        self.queue
+            .try_send(Box::new(job))
+            .map_err(|_| WorkerError::Busy)
     }
 
     /// Runs `job` on a worker and waits for its answer until `deadline`.
@@ -80,7 +89,7 @@ mod tests {
 
     #[test]
     fn answers_then_times_out_then_fails_fast_when_full() {
-        let pool = Workers::start(1, 1).unwrap();
+        let pool = Workers::start("t", 1, 1).unwrap();
         let soon = || Instant::now() + Duration::from_secs(5);
         assert_eq!(pool.run(soon(), || 7), Ok(7));
         // Wedge the only worker, then fill the one queue slot.
@@ -111,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_panicking_job_does_not_kill_the_worker() {
-        let pool = Workers::start(1, 4).unwrap();
+        let pool = Workers::start("t", 1, 4).unwrap();
         let soon = || Instant::now() + Duration::from_secs(5);
         assert!(pool.run(soon(), || -> u8 { panic!("boom") }).is_err());
         assert_eq!(pool.run(soon(), || 4), Ok(4));
