@@ -271,7 +271,10 @@ fn a_store_on_a_frozen_filesystem_never_stalls_ls_or_stat() {
             Err(e) => assert_eq!(*e, libc::EIO, "an open on a frozen store"),
         }
     }
-    assert!(results.iter().filter(|r| r.is_err()).count() > 20, "the store was not frozen");
+    assert!(
+        results.iter().filter(|r| r.is_err()).count() > 20,
+        "the store was not frozen"
+    );
     eprintln!("frozen store: worst ls/stat {worst:?}; 30 concurrent opens all EIO in {took:?}");
     assert!(took < Duration::from_secs(8), "opens took {took:?}");
     assert!(worst < INSTANT, "ls/stat took {worst:?} on a frozen store");

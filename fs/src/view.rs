@@ -34,12 +34,10 @@ pub fn version_ino(id: i64, version: i64) -> INodeNo {
 
 /// The entry id and version bits of a version inode, `None` for any other inode.
 fn split_version_ino(ino: INodeNo) -> Option<(i64, u64)> {
-    (ino.0 & VERSION_INO_FLAG != 0).then(|| {
-        (
-            ((ino.0 & !VERSION_INO_FLAG) >> VERSION_BITS) as i64,
-            ino.0 & VERSION_MASK,
-        )
-    })
+    (ino.0 & VERSION_INO_FLAG != 0).then_some((
+        ((ino.0 & !VERSION_INO_FLAG) >> VERSION_BITS) as i64,
+        ino.0 & VERSION_MASK,
+    ))
 }
 
 /// Whether `ino` names one version of a secret: an open of an outdated one answers ESTALE,
