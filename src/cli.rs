@@ -120,6 +120,12 @@ pub enum Command {
         after_help = "Examples:\n  vaultfs acl show ssh:/id_ed25519\n  vaultfs acl set ssh --owner alice --mode 0400"
     )]
     Acl(AclCommand),
+    /// Files rendered from secrets when they are read (netrc, nix.conf, JSON configs)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  echo 'machine github.com login x password {{ ci:/gh | trim }}' | vaultfs template set ci:/netrc\n  vaultfs template set app:/config.json --format json --from config.json.tmpl\n  vaultfs template show ci:/netrc"
+    )]
+    Template(TemplateCommand),
     /// Run a command with secrets in its environment (exec: signals and exit codes pass through)
     #[command(
         after_help = "Examples:\n  vaultfs env aws:/AWS_SECRET_ACCESS_KEY -- aws s3 ls\n  vaultfs env ci:/github-token=GITHUB_TOKEN -- gh pr list\n  vaultfs env app:/env -- ./server     # every secret in the directory"
@@ -254,6 +260,31 @@ pub enum VaultCommand {
         /// Remove it even when it holds secrets
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// `vaultfs template ...`
+#[derive(Subcommand, Debug)]
+pub enum TemplateCommand {
+    /// Create or replace a template: text whose `{{ VAULT:/path }}` placeholders are filled
+    /// with secrets of the same vault at each open (filters: `| trim`, `| json`, `| raw`)
+    #[command(
+        after_help = "A value holding a line break (or, in a json template, a quote or backslash) is\nrefused at render unless the placeholder says `| raw` (or `| json`): a secret cannot add\nlines to a config file. `{{ \"{{\" }}` writes a literal `{{`.\n\nExample:\n  printf 'access-tokens = github.com={{ nix:/gh | trim }}\\n' | vaultfs template set nix:/nix.conf"
+    )]
+    Set {
+        /// VAULT:/PATH
+        address: String,
+        /// Read the template from FILE instead of stdin
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// What it renders into: text, ini or json (decides what a value may hold)
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Print a template's text (not its rendering: `vaultfs cat` renders)
+    Show {
+        /// VAULT:/PATH
+        address: String,
     },
 }
 

@@ -32,6 +32,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Mv { from, to } => secrets::mv(cli, from, to),
         Command::Mkdir { parents, address } => secrets::mkdir(cli, address, *parents),
         Command::Acl(cmd) => acl::acl(cli, cmd),
+        Command::Template(cmd) => template::template(cli, cmd),
         Command::Env { secrets, command } => env::env(cli, secrets, command),
         Command::Mount {
             source,

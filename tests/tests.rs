@@ -18,6 +18,8 @@ mod mount;
 mod handles;
 // Locked, frozen, replaced and removed stores: bounded waits, no stale or mixed state.
 mod stalls;
+// Templates: files rendered from secrets at open.
+mod templates;
 // Real clients through a mount: nix, curl, ssh-keygen, bubblewrap.
 mod clients;
 // The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.

@@ -62,6 +62,7 @@ mod tests {
             name: "s".into(),
             kind: EntryKind::File,
             version: 1,
+            content: 1,
             size: 1,
             mtime_ns: 0,
             acl: Acl { owner, group, mode },

@@ -26,12 +26,13 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyXattr, Request,
 };
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
-use vaultfs_store::{SealedValue, StoreError, VaultPath, VaultReader};
+use vaultfs_store::template::Template;
+use vaultfs_store::{EntryKind, SecretBytes, StoreError, VaultPath, VaultReader};
 
 use crate::access::{self, Caller};
-use crate::handles::{Handles, OpenFile};
+use crate::handles::{Content, Handles, OpenFile};
 use crate::invalidate::Invalidator;
-use crate::view::{is_version_ino, Node, Stale, Tree};
+use crate::view::{is_version_ino, Node, Render, Stale, Tree};
 use crate::workers::{WorkerError, Workers};
 
 /// How long the kernel may cache names and attributes without asking. Changes are also pushed
@@ -164,6 +165,7 @@ impl Shared {
             vault_gone: AtomicBool::new(false),
         };
         shared.report_damaged(snap.damaged);
+        shared.render_templates();
         Ok(shared)
     }
 
@@ -237,7 +239,71 @@ impl Shared {
         deleted.extend(changes.damaged.iter().map(|(id, _)| *id));
         self.apply(|tree| tree.apply(changes.generation, changes.vault, changes.upserts, &deleted));
         self.report_damaged(changes.damaged);
+        self.render_templates();
         Ok(())
+    }
+
+    /// Renders every template whose row or inputs changed, to learn its size and give its
+    /// new content a new inode. Runs on the refresher thread (it reads the store); the bytes
+    /// are dropped at once, and an open renders again from exactly the same versions.
+    fn render_templates(&self) {
+        let templates = self.tree().templates();
+        for (id, version) in templates {
+            let what = self.name_of(id);
+            let template = match self.reader.template(id, version, &what) {
+                Ok(Some(t)) => t,
+                // Changed since: the next round renders the new one.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.report_unreadable(id, &what, &e);
+                    continue;
+                }
+            };
+            let made_of = self.made_of(id, version, &template);
+            let previous = self.tree().render(id).cloned();
+            if previous.as_ref().is_some_and(|r| r.made_of == made_of) {
+                continue;
+            }
+            let (size, ok) = match render_from(&self.reader, &what, &template, &made_of) {
+                Ok(Some(bytes)) => (bytes.len() as u64, true),
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!("{e}; opens of it fail until that is fixed");
+                    (0, false)
+                }
+            };
+            let render = Render {
+                made_of,
+                content: previous.map_or(1, |r| r.content + 1),
+                size,
+                ok,
+            };
+            self.apply(|tree| tree.set_render(id, render));
+        }
+    }
+
+    /// The rows template `id` at `version` is rendered from: itself, then each input
+    /// (`(-1, -1)` for one that is missing, not a secret, or in another vault).
+    fn made_of(&self, id: i64, version: i64, template: &Template) -> Vec<(i64, i64)> {
+        let tree = self.tree();
+        std::iter::once((id, version))
+            .chain(template.inputs().into_iter().map(|addr| {
+                if addr.vault != self.reader.vault_name() {
+                    return (-1, -1);
+                }
+                tree.secret_at(&addr.path).unwrap_or((-1, -1))
+            }))
+            .collect()
+    }
+
+    /// `VAULT:/path` of entry `id`, for messages.
+    fn name_of(&self, id: i64) -> String {
+        let tree = self.tree();
+        let ino = tree.ino(id);
+        match tree.node(ino) {
+            Some(n) => format!("{}:{}", self.reader.vault_name(), tree.path(n)),
+            None => format!("{}: entry #{id}", self.reader.vault_name()),
+        }
     }
 
     /// Empties the tree: the vault is gone, and a vault re-created under the same name has a
@@ -279,13 +345,73 @@ impl Shared {
         }
     }
 
+    /// Opens a template: renders it on a store worker from exactly what its inode stands for.
+    fn open_template(
+        &self,
+        caller: Caller,
+        ino: INodeNo,
+        render: Option<Render>,
+        deadline: Instant,
+    ) -> Result<(FileHandle, FopenFlags), Errno> {
+        let Some(render) = render.filter(|r| r.ok) else {
+            // The refresher logged why, once.
+            return Err(Errno::EIO);
+        };
+        let (id, version) = render.made_of[0];
+        let attr = {
+            let tree = self.tree();
+            tree.node(ino).map(|n| n.attr(ino)).ok_or(Errno::ESTALE)?
+        };
+        let what = self.name_of(id);
+        let reader = self.reader.clone();
+        let made_of = render.made_of.clone();
+        let job = move || -> Result<Option<SecretBytes>, StoreError> {
+            let Some(template) = reader.template(id, version, &what)? else {
+                return Ok(None);
+            };
+            render_from(&reader, &what, &template, &made_of)
+        };
+        let bytes = match self.workers.run(deadline, job) {
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None)) => {
+                tracing::debug!(
+                    "{}: template changed while opened: {made:?}",
+                    self.describe(),
+                    made = render.made_of
+                );
+                return Err(Errno::ESTALE);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("{e}");
+                return Err(Errno::EIO);
+            }
+            Err(_) => return Err(Errno::EIO),
+        };
+        // A template's inode stands for one rendering, so its pages may be kept (the root of
+        // a single-template mount reads around them, like a single secret's).
+        let cache = if ino == INodeNo::ROOT {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        let fh = self.handles.insert(OpenFile {
+            ino,
+            id,
+            version: render.content,
+            caller,
+            attr,
+            value: Content::Rendered(bytes),
+        });
+        Ok((fh, cache))
+    }
+
     /// The ciphertext of entry `id` at `version`, fetched by a store worker until `deadline`.
     fn fetch(
         &self,
         id: i64,
         version: i64,
         deadline: Instant,
-    ) -> Result<Option<SealedValue>, FetchError> {
+    ) -> Result<Option<vaultfs_store::SealedValue>, FetchError> {
         let reader = self.reader.clone();
         match self
             .workers
@@ -364,10 +490,15 @@ impl Shared {
                 return Err(Errno::EISDIR);
             }
             self.check_open(caller, &tree, node, flags)?;
+            if node.kind == EntryKind::Template {
+                let render = tree.render(node.id).cloned();
+                drop(tree);
+                return self.open_template(caller, ino, render, deadline);
+            }
             (node.id, node.version, node.attr(ino), tree.path(node))
         };
         let value = match shared.fetch(id, version, deadline) {
-            Ok(Some(value)) => value,
+            Ok(Some(value)) => Content::Sealed(value),
             // Rewritten since the refresh: walk again.
             Ok(None) => return Err(Errno::ESTALE),
             Err(FetchError::Store(e)) => {
@@ -406,6 +537,37 @@ impl Shared {
         });
         Ok((fh, cache))
     }
+}
+
+/// Renders `template` (called `what` in messages) from exactly the input versions in
+/// `made_of`; `Ok(None)` when one of them changed since (the caller's view is stale).
+fn render_from(
+    reader: &VaultReader,
+    what: &str,
+    template: &Template,
+    made_of: &[(i64, i64)],
+) -> Result<Option<SecretBytes>, StoreError> {
+    let mut values = Vec::new();
+    for (addr, &(id, version)) in template.inputs().into_iter().zip(&made_of[1..]) {
+        if id < 0 {
+            values.push((addr.clone(), None));
+            continue;
+        }
+        match reader.read_value(id, version)? {
+            Some(v) => values.push((addr.clone(), Some(v))),
+            None => return Ok(None),
+        }
+    }
+    let rendered = template.render(|addr| {
+        values
+            .iter()
+            .find(|(a, _)| a == addr)
+            .and_then(|(_, v)| v.clone())
+    });
+    rendered.map(Some).map_err(|source| StoreError::Template {
+        path: what.to_owned(),
+        source,
+    })
 }
 
 #[derive(Debug)]
@@ -468,7 +630,7 @@ impl VaultFs {
             .shared
             .tree()
             .node(INodeNo::ROOT)
-            .map(|n| (n.id, n.version));
+            .map(|n| (n.id, n.content));
         if current != Some((file.id, file.version)) {
             return reply.error(Errno::ESTALE);
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fuser::{FileAttr, FileHandle, INodeNo};
 use parking_lot::RwLock;
-use vaultfs_store::SealedValue;
+use vaultfs_store::{SealedValue, SecretBytes, StoreError};
 
 use crate::access::Caller;
 
@@ -21,15 +21,40 @@ pub struct OpenFile {
     pub ino: INodeNo,
     /// The entry's row id.
     pub id: i64,
-    /// The version opened.
+    /// The content opened: the secret's version, or the template's rendering number
+    /// ([`Node::content`](crate::view::Node::content)).
     pub version: i64,
     /// Who opened it (for logs; the descriptor itself is the capability from then on, as on
     /// any filesystem).
     pub caller: Caller,
     /// The attributes at open, for `fstat` on this handle.
     pub attr: FileAttr,
-    /// The version's value, still sealed.
-    pub value: SealedValue,
+    /// What reads return.
+    pub value: Content,
+}
+
+/// The bytes behind a handle.
+#[derive(Debug)]
+pub enum Content {
+    /// A secret's version, still sealed: reads decrypt only the chunks they return.
+    Sealed(SealedValue),
+    /// A template rendered at open, wiped when the handle closes.
+    Rendered(SecretBytes),
+}
+
+impl Content {
+    /// The bytes in `[offset, offset + size)`, clamped to the content.
+    pub fn read(&self, offset: u64, size: usize) -> Result<SecretBytes, StoreError> {
+        match self {
+            Content::Sealed(v) => v.read(offset, size),
+            Content::Rendered(bytes) => {
+                let b = bytes.expose();
+                let start = offset.min(b.len() as u64) as usize;
+                let end = start.saturating_add(size).min(b.len());
+                Ok(SecretBytes::new(b[start..end].to_vec()))
+            }
+        }
+    }
 }
 
 /// The table of open handles.

@@ -213,17 +213,17 @@ fn prepare_mountpoint(path: &Path, kind: EntryKind) -> Result<(), MountError> {
     }
     match (std::fs::metadata(path), kind) {
         (Ok(m), EntryKind::Dir) if m.is_dir() => Ok(()),
-        (Ok(m), EntryKind::File) if m.is_file() => Ok(()),
+        (Ok(m), EntryKind::File | EntryKind::Template) if m.is_file() => Ok(()),
         (Ok(_), EntryKind::Dir) => Err(fail(
             "is not a directory; a vault or directory mounts on a directory".into(),
         )),
-        (Ok(_), EntryKind::File) => Err(fail(
+        (Ok(_), EntryKind::File | EntryKind::Template) => Err(fail(
             "is not a regular file; a single secret mounts on a file".into(),
         )),
         (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {
             let created = match kind {
                 EntryKind::Dir => create_dirs(path),
-                EntryKind::File => {
+                EntryKind::File | EntryKind::Template => {
                     if let Some(parent) = path.parent() {
                         create_dirs(parent)
                             .map_err(|e| fail(format!("cannot create its directory: {e}")))?;

@@ -86,7 +86,11 @@ pub struct Node {
     pub kind: EntryKind,
     /// Bumped by the store on every change of the row.
     pub version: i64,
-    /// Plaintext size.
+    /// What the bytes a reader gets are made of, numbered: the row version for a secret;
+    /// for a template, a count bumped whenever its own version or an input's changes. Each
+    /// value has its own inode ([`version_ino`]).
+    pub content: i64,
+    /// Plaintext size (a template's: its rendering's).
     pub size: u64,
     /// Last change, ns since the epoch.
     pub mtime_ns: i64,
@@ -155,6 +159,22 @@ pub struct Tree {
     /// Entry ids from the vault's root down to the mounted root (inclusive).
     root_chain: Vec<i64>,
     nodes: HashMap<i64, Node>,
+    /// The latest rendering of each template, by entry id.
+    renders: HashMap<i64, Render>,
+}
+
+/// What a template rendered to last (its bytes are never kept: only what they were made of).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Render {
+    /// The template's row (id, version), then each input's, in order of first use.
+    pub made_of: Vec<(i64, i64)>,
+    /// Numbers this rendering (see [`Node::content`]).
+    pub content: i64,
+    /// Its size in bytes (0 when it failed).
+    pub size: u64,
+    /// Whether it rendered: a template naming a missing input, or an input a placeholder
+    /// would not accept, fails every open with EIO until that is fixed.
+    pub ok: bool,
 }
 
 impl Tree {
@@ -168,6 +188,7 @@ impl Tree {
             children: HashMap::new(),
             root_chain: Vec::new(),
             nodes: HashMap::new(),
+            renders: HashMap::new(),
         };
         for e in entries {
             tree.link(&e);
@@ -206,7 +227,7 @@ impl Tree {
         } else if node.is_dir() {
             INodeNo(node.id as u64 + 1)
         } else {
-            version_ino(node.id, node.version)
+            version_ino(node.id, node.content)
         }
     }
 
@@ -221,7 +242,7 @@ impl Tree {
             let node = self.nodes.get(&id)?;
             let current = !node.is_dir()
                 && Some(id) != root
-                && (node.version as u64 & VERSION_MASK) == version_bits;
+                && (node.content as u64 & VERSION_MASK) == version_bits;
             return current.then_some(node);
         }
         let id = ino.0.checked_sub(1)? as i64;
@@ -266,6 +287,44 @@ impl Tree {
             .iter()
             .rev()
             .fold(VaultPath::root(), |path, name| path.join(name))
+    }
+
+    /// The templates under the mounted root.
+    pub fn templates(&self) -> Vec<(i64, i64)> {
+        self.nodes
+            .values()
+            .filter(|n| n.kind == EntryKind::Template)
+            .map(|n| (n.id, n.version))
+            .collect()
+    }
+
+    /// The latest rendering of template `id`.
+    pub fn render(&self, id: i64) -> Option<&Render> {
+        self.renders.get(&id)
+    }
+
+    /// The secret (not a directory or template) at `path` of the vault, with its version.
+    pub fn secret_at(&self, path: &VaultPath) -> Option<(i64, i64)> {
+        let mut at = ROOT_PARENT;
+        for name in path.components() {
+            at = *self.children.get(&at)?.get(name)?;
+        }
+        let e = self.entries.get(&at)?;
+        (e.kind == EntryKind::File).then_some((e.id, e.version))
+    }
+
+    /// Records template `id`'s new rendering and reports what that made stale.
+    pub fn set_render(&mut self, id: i64, render: Render) -> Vec<Stale> {
+        self.renders.insert(id, render);
+        if self.root_chain.contains(&id) {
+            // The mounted root (a single template) has no parent in the view to inherit from.
+            return self.rebuild_with_diff();
+        }
+        let mut stale = Vec::new();
+        if self.nodes.contains_key(&id) {
+            self.refresh_subtree(id, &mut stale);
+        }
+        stale
     }
 
     /// The ids of every entry of the vault the tree knows.
@@ -328,27 +387,8 @@ impl Tree {
             touched.push(e.id);
             self.entries.insert(e.id, e);
         }
-        let before_root = self.root();
         if rebuild {
-            let old_nodes = std::mem::take(&mut self.nodes);
-            let old_inos: HashMap<i64, INodeNo> = old_nodes
-                .iter()
-                .map(|(id, node)| (*id, self.ino_of(node)))
-                .collect();
-            self.rebuild_view();
-            let mut stale = Vec::new();
-            if before_root != self.root() {
-                stale.push(Stale::Inode(self.root().unwrap_or(-1), INodeNo::ROOT));
-            }
-            for (id, before) in &old_nodes {
-                self.diff(*id, Some(before), old_inos[id], &mut stale);
-            }
-            for id in self.nodes.keys() {
-                if !old_nodes.contains_key(id) {
-                    stale.push(Stale::Inode(*id, self.ino(*id)));
-                }
-            }
-            return stale;
+            return self.rebuild_with_diff();
         }
         // Each touched entry is re-resolved, then its subtree where something inheritable
         // changed. An entry may be visited twice in a batch (touched itself, and below a
@@ -357,6 +397,30 @@ impl Tree {
         let mut stale = Vec::new();
         for id in touched {
             self.refresh_subtree(id, &mut stale);
+        }
+        stale
+    }
+
+    /// Resolves the whole view again and reports every kernel cache that made stale.
+    fn rebuild_with_diff(&mut self) -> Vec<Stale> {
+        let before_root = self.root();
+        let old_nodes = std::mem::take(&mut self.nodes);
+        let old_inos: HashMap<i64, INodeNo> = old_nodes
+            .iter()
+            .map(|(id, node)| (*id, self.ino_of(node)))
+            .collect();
+        self.rebuild_view();
+        let mut stale = Vec::new();
+        if before_root != self.root() {
+            stale.push(Stale::Inode(self.root().unwrap_or(-1), INodeNo::ROOT));
+        }
+        for (id, before) in &old_nodes {
+            self.diff(*id, Some(before), old_inos[id], &mut stale);
+        }
+        for id in self.nodes.keys() {
+            if !old_nodes.contains_key(id) {
+                stale.push(Stale::Inode(*id, self.ino(*id)));
+            }
         }
         stale
     }
@@ -396,7 +460,7 @@ impl Tree {
                 parent.is_dir().then_some(parent.acl)
             });
             if let (Some(entry), Some(acl)) = (self.entries.get(&id), parent_acl) {
-                let node = node_from(entry, acl.inherit(entry, &mut ids));
+                let node = node_from(entry, acl.inherit(entry, &mut ids), &self.renders);
                 self.nodes.insert(id, node);
             }
             let (was_dir, now_dir) = (
@@ -458,13 +522,14 @@ impl Tree {
             return;
         };
         let root_node = match self.entries.get(&root) {
-            Some(e) => node_from(e, acl),
+            Some(e) => node_from(e, acl, &self.renders),
             None => Node {
                 id: ROOT_PARENT,
                 parent: ROOT_PARENT,
                 name: String::new(),
                 kind: EntryKind::Dir,
                 version: self.vault.version,
+                content: self.vault.version,
                 size: 0,
                 mtime_ns: self.vault.created_ns,
                 acl,
@@ -484,7 +549,7 @@ impl Tree {
                 let Some(entry) = self.entries.get(id) else {
                     continue;
                 };
-                let node = node_from(entry, dir_acl.inherit(entry, &mut ids));
+                let node = node_from(entry, dir_acl.inherit(entry, &mut ids), &self.renders);
                 if node.is_dir() {
                     stack.push(*id);
                 }
@@ -494,14 +559,20 @@ impl Tree {
     }
 }
 
-fn node_from(e: &Entry, acl: Acl) -> Node {
+fn node_from(e: &Entry, acl: Acl, renders: &HashMap<i64, Render>) -> Node {
+    let render = renders.get(&e.id).filter(|_| e.kind == EntryKind::Template);
     Node {
         id: e.id,
         parent: e.parent,
         name: e.name.clone(),
         kind: e.kind,
         version: e.version,
-        size: if e.is_dir() { 0 } else { e.size },
+        content: render.map_or(e.version, |r| r.content),
+        size: match (e.kind, render) {
+            (EntryKind::Dir, _) => 0,
+            (EntryKind::Template, r) => r.map_or(0, |r| r.size),
+            (EntryKind::File, _) => e.size,
+        },
         mtime_ns: e.mtime_ns,
         acl,
     }

@@ -7,4 +7,5 @@ pub mod keys;
 pub mod mount;
 pub mod secrets;
 pub mod serve;
+pub mod template;
 pub mod vaults;

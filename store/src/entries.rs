@@ -131,6 +131,19 @@ fn write_in(
     addr: &Address,
     value: &[u8],
 ) -> Result<Entry> {
+    write_kind_in(tx, keys, vault, generation, addr, EntryKind::File, value)
+}
+
+/// Writes one secret or template inside a write transaction; never turns one into the other.
+fn write_kind_in(
+    tx: &Connection,
+    keys: &Keys,
+    vault: &OpenVault,
+    generation: i64,
+    addr: &Address,
+    kind: EntryKind,
+    value: &[u8],
+) -> Result<Entry> {
     let name = addr
         .path
         .file_name()
@@ -141,13 +154,23 @@ fn write_in(
     let content = |acl| RowContent {
         parent,
         name,
-        kind: EntryKind::File,
+        kind,
         acl,
         value: Some(value),
         mtime_ns: now_ns(),
     };
     match existing {
         Some(old) if old.is_dir() => Err(StoreError::IsADirectory(addr.to_string())),
+        Some(old) if old.kind == EntryKind::Template && kind != EntryKind::Template => {
+            Err(StoreError::InvalidOperation(format!(
+                "{addr} is a template; change it with `vaultfs template set`"
+            )))
+        }
+        Some(old) if old.kind == EntryKind::File && kind != EntryKind::File => {
+            Err(StoreError::InvalidOperation(format!(
+                "{addr} is a secret; remove it first to put a template there"
+            )))
+        }
         Some(old) => rows::rewrite(
             tx,
             &keys.store_id,
@@ -203,7 +226,44 @@ impl Store {
         })
     }
 
-    /// The value of the secret at `addr`.
+    /// Stores an entry of `kind` (a secret or a template) at `addr`.
+    pub(crate) fn write_entry(
+        &mut self,
+        addr: &Address,
+        kind: EntryKind,
+        value: &[u8],
+    ) -> Result<Entry> {
+        check_size(addr, value)?;
+        self.write_txn(|tx, generation, keys| {
+            let vault = keys.open_vault_by_name(tx, &addr.vault)?;
+            write_kind_in(tx, keys, &vault, generation, addr, kind, value)
+        })
+    }
+
+    /// The stored value at `addr` as it is (a template's source, not its rendering).
+    pub(crate) fn read_stored(&self, addr: &Address) -> Result<SecretBytes> {
+        let vault = self.open_vault(&addr.vault)?;
+        let chain = resolve_chain(&self.conn, &self.keys, &vault, addr)?;
+        let entry = chain
+            .last()
+            .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
+        self.read_stored_entry(addr, entry)
+    }
+
+    /// The stored value of `entry`, found at `addr`.
+    pub(crate) fn read_stored_entry(&self, addr: &Address, entry: &Entry) -> Result<SecretBytes> {
+        let vault = self.open_vault(&addr.vault)?;
+        rows::read_value(
+            &self.conn,
+            &self.keys.store_id,
+            &vault,
+            entry.id,
+            entry.version,
+        )?
+        .ok_or_else(|| StoreError::NotFound(addr.to_string()))
+    }
+
+    /// The value of the secret at `addr`; a template is rendered from its inputs.
     pub fn read(&self, addr: &Address) -> Result<SecretBytes> {
         let vault = self.open_vault(&addr.vault)?;
         let read = || {
@@ -213,6 +273,9 @@ impl Store {
                 .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
             if entry.is_dir() {
                 return Err(StoreError::IsADirectory(addr.to_string()));
+            }
+            if entry.kind == EntryKind::Template {
+                return self.render_template(addr, entry);
             }
             rows::read_value(
                 &self.conn,
@@ -372,7 +435,7 @@ impl Store {
                 return Err(StoreError::Exists(to.to_string()));
             }
             let value = match entry.kind {
-                EntryKind::File => Some(
+                EntryKind::File | EntryKind::Template => Some(
                     rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?
                         .ok_or_else(|| StoreError::NotFound(from.to_string()))?,
                 ),
@@ -404,7 +467,7 @@ impl Store {
             let mut acl = entry.acl.clone();
             acl.merge(change);
             let value = match entry.kind {
-                EntryKind::File => Some(
+                EntryKind::File | EntryKind::Template => Some(
                     rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?
                         .ok_or_else(|| StoreError::NotFound(addr.to_string()))?,
                 ),

@@ -76,6 +76,15 @@ pub enum StoreError {
     /// A rename that would put a directory inside itself, or the like.
     #[error("{0}")]
     InvalidOperation(String),
+    /// A template that cannot be parsed or rendered (names the template and placeholder,
+    /// never a value).
+    #[error("template {path}: {source}")]
+    Template {
+        /// The template's address.
+        path: String,
+        /// What is wrong.
+        source: crate::template::TemplateError,
+    },
     /// A secret larger than the store accepts.
     #[error("{path}: secret is {size} bytes; the limit is {limit} bytes")]
     TooLarge {
@@ -177,6 +186,13 @@ impl StoreError {
 
     /// Whether this error is the user's input being refused (exit code 2 in the CLI).
     pub fn is_usage(&self) -> bool {
-        matches!(self, StoreError::InvalidAddress { .. })
+        matches!(
+            self,
+            StoreError::InvalidAddress { .. }
+                | StoreError::Template {
+                    source: crate::template::TemplateError::Syntax { .. },
+                    ..
+                }
+        )
     }
 }

@@ -34,6 +34,7 @@ mod rows;
 mod sealed_shim;
 mod secret;
 mod store;
+pub mod template;
 
 pub use acl::{
     parse_mode, projected_mode, AclOverride, AclSource, EffectiveAcl, Inherited, VaultAcl,

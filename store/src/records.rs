@@ -20,6 +20,9 @@ pub enum EntryKind {
     Dir,
     /// A secret (a regular file).
     File,
+    /// A template: a file rendered from other secrets of its vault when it is read. Its value
+    /// is a [`TemplateRecord`](crate::template) (the text and its format).
+    Template,
 }
 
 /// A vault row's sealed content.
