@@ -60,6 +60,9 @@ pub enum Command {
     Write {
         /// VAULT:/PATH
         address: String,
+        /// Store an empty value (empty input is refused otherwise: it is usually a failed pipe)
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Copy every file under a directory into a vault in one transaction (all or nothing)
     #[command(

@@ -94,12 +94,7 @@ pub fn passphrase_file(path: &Path) -> Result<Credential> {
 }
 
 fn prompt(text: &str) -> Result<SecretBytes> {
-    match rpassword::prompt_password(text) {
-        Ok(p) => Ok(SecretBytes::new(p.into_bytes())),
-        Err(_) => usage!(
-            "no key given: pass --key-file or --passphrase-file (there is no terminal to ask a passphrase on)"
-        ),
-    }
+    crate::tty::prompt_hidden(text, "--key-file or --passphrase-file")
 }
 
 /// The credential that unlocks an existing store.

@@ -10,6 +10,7 @@ mod daemon;
 mod exit;
 mod hygiene;
 mod output;
+mod tty;
 
 use std::process::ExitCode;
 
@@ -24,7 +25,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Init { kdf } => keys::init(cli, *kdf),
         Command::Key(cmd) => keys::key(cli, cmd),
         Command::Vault(cmd) => vaults::vault(cli, cmd),
-        Command::Write { address } => secrets::write(cli, address),
+        Command::Write {
+            address,
+            allow_empty,
+        } => secrets::write(cli, address, *allow_empty),
         Command::Cat { address } => secrets::cat(cli, address),
         Command::Import { dir, address } => secrets::import(cli, dir, address),
         Command::Ls { long, address } => secrets::ls(cli, address, *long),

@@ -20,6 +20,8 @@ mod tamper;
 mod concurrency;
 // `vaultfs env`.
 mod env;
+// Input from a terminal or an empty pipe.
+mod input;
 
 /// Exit code for a malformed address or a wrong credential (src/exit.rs).
 const USAGE_OR_AUTH: i32 = 2;

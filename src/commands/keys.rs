@@ -98,7 +98,9 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             let cred: Credential = match (new_key_file, new_passphrase_file) {
                 (Some(f), _) => credentials::key_file(f)?,
                 (None, Some(f)) => credentials::passphrase_file(f)?,
-                (None, None) => credentials::new_passphrase()?,
+                (None, None) => {
+                    crate::tty::new_passphrase("--new-key-file or --new-passphrase-file")?
+                }
             };
             let id = store.add_key_slot(&cred, kdf(*k)?)?;
             eprintln!("added key slot {id}");

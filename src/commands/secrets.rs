@@ -10,18 +10,25 @@ use crate::cli::Cli;
 use crate::credentials;
 use crate::output;
 
-/// Stores stdin as the secret at `address`.
-pub fn write(cli: &Cli, address: &str) -> Result<()> {
+/// Stores stdin as the secret at `address`. Empty input is refused unless `allow_empty`:
+/// `false | vaultfs write` or an early Ctrl-D would otherwise replace a secret with nothing.
+pub fn write(cli: &Cli, address: &str, allow_empty: bool) -> Result<()> {
     let addr = Address::parse_entry(address)?;
     let mut store = credentials::open_store(cli)?;
+    // Echo goes off before the prompt shows, so nothing typed after it is echoed.
+    let echo_off = crate::tty::EchoOff::stdin();
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprintln!("vaultfs: type the secret for {addr}, then Ctrl-D (it is stored byte for byte)");
+        eprintln!("vaultfs: type the secret for {addr} (not echoed), then Ctrl-D (it is stored byte for byte)");
     }
     let value = credentials::read_secret(std::io::stdin().lock(), MAX_SECRET_SIZE as u64)
         .context("reading the secret from stdin")?
         .ok_or_else(|| {
             anyhow::anyhow!("{addr}: the secret on stdin is larger than {MAX_SECRET_SIZE} bytes")
         })?;
+    drop(echo_off);
+    if value.is_empty() && !allow_empty {
+        crate::exit::usage!("{addr}: the input is empty; nothing was written (pass --allow-empty to store an empty secret)");
+    }
     store.write(&addr, value.expose())?;
     Ok(())
 }

@@ -204,8 +204,14 @@ impl TestStore {
 
     /// Stores `value` at `addr` with `vaultfs write`.
     pub fn write(&self, addr: &str, value: &[u8]) {
-        let out = self.run(&["write", addr], value);
-        assert_success(&out, &["write", addr]);
+        // Empty input is refused unless asked for explicitly.
+        let args: &[&str] = if value.is_empty() {
+            &["write", "--allow-empty", addr]
+        } else {
+            &["write", addr]
+        };
+        let out = self.run(args, value);
+        assert_success(&out, args);
     }
 
     /// `vaultfs cat ADDR`, asserting success.
@@ -296,4 +302,112 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A process whose stdin, stdout, stderr and controlling terminal are a pseudo-terminal, for
+/// testing what a user at a terminal sees (echo, prompts, Ctrl-D).
+pub struct OnPty {
+    /// The terminal side the test types into and reads from.
+    master: std::fs::File,
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OnPty {
+    /// Starts `cmd` (not yet spawned) on a new pseudo-terminal, in a new session whose
+    /// controlling terminal it is (so `/dev/tty` opens, as for a user at a shell).
+    pub fn spawn(mut cmd: Command) -> OnPty {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let slave: OwnedFd = pty.slave;
+        let master = std::fs::File::from(pty.master);
+        let slave_fd = slave.as_raw_fd();
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: setsid and ioctl are async-signal-safe and touch no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                if libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        drop(slave);
+        // The command holds copies of the slave: dropped here, the child is the last holder and
+        // the reader sees EIO once it exits.
+        drop(cmd);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut from = master.try_clone().expect("dup the pty master");
+        let sink = seen.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        OnPty {
+            master,
+            child,
+            seen,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything the terminal showed so far.
+    pub fn seen(&self) -> Vec<u8> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 10 s, else the test fails) until the terminal shows `text`.
+    pub fn expect(&self, text: &str) {
+        let start = std::time::Instant::now();
+        while !contains(&self.seen(), text.as_bytes()) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "the terminal never showed {text:?}; it showed {:?}",
+                String::from_utf8_lossy(&self.seen())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Types `bytes` as a user would.
+    pub fn type_in(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).expect("write to the pty");
+    }
+
+    /// Waits (at most 10 s, else kills it and fails) for the process; returns its exit code and
+    /// everything the terminal showed.
+    pub fn finish(mut self) -> (i32, Vec<u8>) {
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = self.child.kill();
+                panic!(
+                    "the process on the terminal hangs; it showed {:?}",
+                    String::from_utf8_lossy(&self.seen())
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let code = status.code().unwrap_or(-1);
+        (code, self.seen())
+    }
 }
