@@ -253,6 +253,9 @@ pub enum VaultCommand {
         /// Remove it even when it holds secrets
         #[arg(long)]
         force: bool,
+        /// Remove it even when it is mounted on this host (asked on a terminal otherwise)
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 

@@ -9,6 +9,7 @@ mod credentials;
 mod daemon;
 mod exit;
 mod hygiene;
+mod mounts;
 mod output;
 mod tty;
 

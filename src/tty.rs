@@ -16,6 +16,25 @@ pub fn has_terminal() -> bool {
     std::fs::File::open("/dev/tty").is_ok()
 }
 
+/// Asks a question on the terminal (`/dev/tty`) and returns the answer line, or `None` when
+/// there is no terminal or stdin is not one (a script must say `--yes` rather than be asked).
+pub fn ask(question: &str) -> Option<String> {
+    use std::io::{BufRead, Write};
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
+    let mut out = tty.try_clone().ok()?;
+    out.write_all(question.as_bytes()).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(tty).read_line(&mut line).ok()?;
+    Some(line)
+}
+
 /// Asks on the terminal without echo. `missing` names the options that would have supplied the
 /// value, for the error when there is no terminal to ask on.
 pub fn prompt_hidden(text: &str, missing: &str) -> Result<SecretBytes> {

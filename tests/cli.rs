@@ -22,6 +22,8 @@ mod concurrency;
 mod env;
 // Input from a terminal or an empty pipe.
 mod input;
+// Commands against a vault mounted on this host.
+mod mounted;
 
 /// Exit code for a malformed address or a wrong credential (src/exit.rs).
 const USAGE_OR_AUTH: i32 = 2;

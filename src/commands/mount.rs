@@ -12,9 +12,13 @@ use crate::cli::Cli;
 use crate::credentials;
 use crate::daemon::{self, MountSpec, Readiness};
 
-/// `path` made absolute against the current directory, which the daemon leaves.
+/// `path` made absolute against the current directory, which the daemon leaves. A trailing
+/// slash is dropped: `mount nix:/tok /run/keys/tok/` means the path `/run/keys/tok`, which
+/// the kernel would otherwise only accept as a directory (EISDIR for a one-secret mount).
 pub fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("{}: cannot make absolute", path.display()))
+    let abs = std::path::absolute(path)
+        .with_context(|| format!("{}: cannot make absolute", path.display()))?;
+    Ok(abs.components().collect())
 }
 
 /// Mounts `source` at `mountpoint`; without `foreground`, returns once the mount is ready and

@@ -56,10 +56,40 @@ pub fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<()> {
                 );
             }
         }
-        VaultCommand::Remove { name, force } => {
+        VaultCommand::Remove { name, force, yes } => {
+            confirm_unmounted(name, *yes)?;
             store.remove_vault(name, *force)?;
             eprintln!("removed vault {name}");
         }
+    }
+    Ok(())
+}
+
+/// A vault removed under a live mount leaves that mount serving an empty tree, and a vault
+/// re-created under the same name has a new key, which an old mount cannot read. So removing
+/// a mounted vault takes a yes: `--yes`, or an answer on the terminal. Without a terminal and
+/// without `--yes` it is refused, as apt and systemctl refuse to guess.
+fn confirm_unmounted(name: &str, yes: bool) -> Result<()> {
+    let mounted = crate::mounts::of_vault(name);
+    if mounted.is_empty() {
+        return Ok(());
+    }
+    let places = mounted
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if yes {
+        eprintln!("vaultfs: warning: vault {name} is mounted at {places}; those mounts now serve an empty tree");
+        return Ok(());
+    }
+    let Some(answer) = crate::tty::ask(&format!(
+        "vault {name} is mounted at {places}; its mounts will serve an empty tree. Remove it? [y/N] "
+    )) else {
+        usage!("vault {name} is mounted at {places} on this host; pass --yes to remove it anyway (its mounts then serve an empty tree)");
+    };
+    if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        usage!("vault {name} was not removed");
     }
     Ok(())
 }
