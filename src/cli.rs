@@ -123,14 +123,17 @@ pub enum Command {
         after_help = "Examples:\n  vaultfs acl show ssh:/id_ed25519\n  vaultfs acl set ssh --owner alice --mode 0400"
     )]
     Acl(AclCommand),
-    /// Run a command with secrets in its environment (exec: signals and exit codes pass through)
+    /// Run a command with secrets in its environment (exec: signals and exit codes pass through); one trailing newline of each value is dropped unless --raw
     #[command(
         after_help = "Examples:\n  vaultfs env aws:/AWS_SECRET_ACCESS_KEY -- aws s3 ls\n  vaultfs env ci:/github-token=GITHUB_TOKEN -- gh pr list\n  vaultfs env app:/env -- ./server     # every secret in the directory"
     )]
     Env {
-        /// VAULT:/PATH[=VAR]: the variable defaults to the secret's base name; a directory exports every secret in it
+        /// VAULT:/PATH[=VAR]: the variable defaults to the secret's base name; a directory exports every secret directly in it (and says which subdirectories it skipped)
         #[arg(required = true)]
         secrets: Vec<String>,
+        /// Keep each value byte for byte; by default one trailing newline is dropped, as `$(...)` does
+        #[arg(long)]
+        raw: bool,
         /// The command and its arguments, after `--`
         #[arg(last = true, required = true)]
         command: Vec<String>,

@@ -37,7 +37,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Mv { from, to } => secrets::mv(cli, from, to),
         Command::Mkdir { parents, address } => secrets::mkdir(cli, address, *parents),
         Command::Acl(cmd) => acl::acl(cli, cmd),
-        Command::Env { secrets, command } => env::env(cli, secrets, command),
+        Command::Env {
+            secrets,
+            raw,
+            command,
+        } => env::env(cli, secrets, *raw, command),
         Command::Mount {
             source,
             mountpoint,
