@@ -43,14 +43,63 @@ fn random_text(n: usize) -> Vec<u8> {
 fn harness_finds_tools_and_root() {
     use crate::common::{is_root, require_tool};
     assert!(require_tool("sh"));
-    if std::env::var("CI").as_deref() != Ok("true") {
-        assert!(!require_tool("no-such-tool-vaultfs-test"));
-    }
     let id = Command::new("id").arg("-u").output().unwrap();
     assert_eq!(is_root(), String::from_utf8_lossy(&id.stdout).trim() == "0");
     let (a, b) = (random_name(), random_name());
     assert_ne!(a, b);
     assert_eq!(a.len(), 20);
+}
+
+/// A test that cannot run fails, unless VAULTFS_TEST_SKIP opts out; then the run lists it. CI
+/// never skips. Checked by running this test binary again, as a child, on this very test.
+#[test]
+fn harness_fails_or_lists_what_it_cannot_run() {
+    const TOOL: &str = "no-such-tool-vaultfs-probe";
+    if std::env::var_os("VAULTFS_HARNESS_PROBE").is_some() {
+        crate::common::require_tool(TOOL);
+        return;
+    }
+    let probe = |ci: bool, skip: Option<&str>| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "cli::harness_fails_or_lists_what_it_cannot_run",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env("VAULTFS_HARNESS_PROBE", "1")
+        .env_remove("VAULTFS_TEST_SKIP")
+        .env_remove("CI");
+        if ci {
+            cmd.env("CI", "true");
+        }
+        if let Some(kinds) = skip {
+            cmd.env("VAULTFS_TEST_SKIP", kinds);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = probe(false, None);
+    assert!(!ok, "a missing tool passed: {text}");
+    assert!(
+        text.contains(TOOL) && text.contains(&format!("VAULTFS_TEST_SKIP={TOOL}")),
+        "{text}"
+    );
+    let (ok, text) = probe(false, Some(&format!("root,{TOOL}")));
+    assert!(ok, "opted out, the test should be skipped: {text}");
+    assert!(
+        text.contains("SKIPPED cli::harness_fails_or_lists_what_it_cannot_run")
+            && text.contains("SKIPPED 1 test(s)"),
+        "the skip is not listed: {text}"
+    );
+    let (ok, text) = probe(false, Some("all"));
+    assert!(ok && text.contains("SKIPPED 1 test(s)"), "{text}");
+    let (ok, text) = probe(true, Some("all"));
+    assert!(!ok, "CI=true skipped a test: {text}");
 }
 
 // ----- round trips -----

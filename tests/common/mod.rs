@@ -22,18 +22,65 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Whether `name` is an executable on `PATH`. A missing tool skips the calling test with a line
-/// on stderr, except in CI (`CI=true`), where `.ci/run` installs every tool and a missing one is
-/// a broken machine, not a reason to pass silently.
+/// Whether `name` is an executable on `PATH`; see [`requirement`] for what happens when not.
 pub fn require_tool(name: &str) -> bool {
-    if on_path(name) {
+    requirement(on_path(name), name, &format!("{name:?} is not on PATH"))
+}
+
+/// Whether a test can go on. A test that cannot run never passes quietly: an unmet
+/// requirement fails it with a line saying what is missing, unless the user opted out with
+/// `VAULTFS_TEST_SKIP=KIND[,KIND...]` (or `all`), e.g. `VAULTFS_TEST_SKIP=root,nix` on a laptop.
+/// Then the test is listed as skipped on stderr at once and again at the end of the run. CI
+/// (`CI=true`) never skips: `.ci/run` installs every tool.
+pub fn requirement(met: bool, kind: &str, missing: &str) -> bool {
+    if met {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("required tool {name:?} is not on PATH (CI=true, so this is an error, not a skip; .ci/run should install it)");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let opted_out = std::env::var("VAULTFS_TEST_SKIP").is_ok_and(|list| {
+        list.split(',')
+            .any(|k| k.trim() == kind || k.trim() == "all")
+    });
+    if ci || !opted_out {
+        panic!(
+            "{missing}; {}",
+            if ci {
+                "CI=true never skips (.ci/run installs every tool)".to_owned()
+            } else {
+                format!("install it, or set VAULTFS_TEST_SKIP={kind} to skip the tests that need it (the run lists them)")
+            }
+        );
     }
-    eprintln!("skipping: {name:?} is not on PATH");
+    record_skip(&format!("{missing} (VAULTFS_TEST_SKIP={kind})"));
     false
+}
+
+/// Skipped tests, printed again when the test binary exits.
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn record_skip(why: &str) {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    // Written to the stderr handle, not through eprintln!, which the test harness captures
+    // and only shows for failing tests.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    let mut list = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    if list.is_empty() {
+        extern "C" fn summary() {
+            let list = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+            let mut err = std::io::stderr();
+            let _ = writeln!(
+                err,
+                "\nSKIPPED {} test(s) (VAULTFS_TEST_SKIP is set; this run does not cover them):",
+                list.len()
+            );
+            for line in list.iter() {
+                let _ = writeln!(err, "  {line}");
+            }
+        }
+        // SAFETY: summary is a plain extern "C" fn that outlives the process.
+        unsafe { libc::atexit(summary) };
+    }
+    list.push(format!("{test}: {why}"));
 }
 
 fn on_path(name: &str) -> bool {
