@@ -18,8 +18,7 @@ pub fn store_path(cli: &Cli) -> PathBuf {
     if let Some(p) = &cli.store {
         return p.clone();
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/vaultfs/store.db");
     }
     let data = std::env::var_os("XDG_DATA_HOME")

@@ -1,6 +1,10 @@
 //! `vaultfs`: the command-line front end. The store and the FUSE driver live in their own
 //! crates (`vaultfs-store`, `vaultfs-fs`); this binary parses arguments, gathers credentials,
 //! adds context to errors and maps them to exit codes.
+//!
+//! System calls go through `nix`'s safe wrappers; the one `unsafe` call left is `fork`, in
+//! `daemon/fork.rs`, which says why it is sound.
+#![deny(unsafe_code)]
 
 mod cli;
 mod commands;
@@ -52,7 +56,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config, check } => serve::serve(cli, config, *check),
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
     };
-    done.map(|()| ExitCode::SUCCESS)
+    done.map(|()| exit::Exit::Success.into())
 }
 
 /// Logs go to stderr, at `warn` unless `VAULTFS_LOG` says otherwise. No log line ever holds a
@@ -78,7 +82,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("vaultfs: {err:#}");
-            exit::code_for(&err)
+            exit::Exit::of(&err).into()
         }
     }
 }

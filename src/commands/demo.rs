@@ -71,8 +71,10 @@ pub fn demo(dir: Option<&Path>, keep: bool) -> Result<()> {
     let key = std::fs::read(&key_path).context("cannot read the demo key")?;
     let cred = Credential::KeyFile(SecretBytes::new(key));
     let mut store = Store::create(&store_path, &cred, KdfParams::default())?;
-    // SAFETY: geteuid/getegid have no preconditions.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     let owner = vaultfs_fs::nss::user_name(uid).unwrap_or_else(|| uid.to_string());
     let group = vaultfs_fs::nss::group_name(gid).unwrap_or_else(|| gid.to_string());
     store.create_vault(

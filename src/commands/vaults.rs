@@ -28,8 +28,10 @@ pub fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<()> {
             group,
             mode,
         } => {
-            // SAFETY: geteuid/getegid have no preconditions.
-            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            let (uid, gid) = (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            );
             let acl = VaultAcl {
                 owner: owner
                     .clone()
