@@ -172,6 +172,22 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Examples:\n  vaultfs completions bash > /etc/bash_completion.d/vaultfs\n  vaultfs completions zsh > \"${fpath[1]}/_vaultfs\"\n  vaultfs completions fish > ~/.config/fish/completions/vaultfs.fish"
+    )]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of vaultfs or of one of its commands
+    #[command(
+        after_help = "Examples:\n  vaultfs man | man -l -\n  vaultfs man mount > /usr/local/share/man/man1/vaultfs-mount.1"
+    )]
+    Man {
+        /// A command, for its own page (vaultfs-COMMAND(1))
+        command: Option<String>,
+    },
     /// Quick start: a throwaway store with sample secrets, mounted, listed and read
     #[command(
         after_help = "Example:\n  vaultfs demo            # mounts under a temp dir, shows ls -l and cat, then unmounts\n  vaultfs demo --keep     # leaves it mounted and prints how to explore and unmount"

@@ -55,6 +55,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Umount { mountpoint } => mount::umount(mountpoint),
         Command::Serve { config, check } => serve::serve(cli, config, *check),
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Man { command } => docs::man(command.as_deref()),
     };
     done.map(|()| exit::Exit::Success.into())
 }

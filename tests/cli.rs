@@ -24,6 +24,8 @@ mod env;
 mod input;
 // Commands against a vault mounted on this host.
 mod mounted;
+// Shell completions and man pages.
+mod docs;
 
 /// Exit code for a malformed address or a wrong credential (src/exit.rs).
 const USAGE_OR_AUTH: i32 = 2;
