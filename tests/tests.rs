@@ -18,3 +18,5 @@ mod mount;
 mod clients;
 // The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.
 mod nixos;
+// The README's CLI tour, run as written.
+mod readme_tour;

@@ -59,7 +59,7 @@ pub fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<()> {
             }
         }
         VaultCommand::Remove { name, force, yes } => {
-            confirm_unmounted(name, *yes)?;
+            confirm_unmounted(&credentials::store_path(cli), name, *yes)?;
             store.remove_vault(name, *force)?;
             eprintln!("removed vault {name}");
         }
@@ -71,8 +71,8 @@ pub fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<()> {
 /// re-created under the same name has a new key, which an old mount cannot read. So removing
 /// a mounted vault takes a yes: `--yes`, or an answer on the terminal. Without a terminal and
 /// without `--yes` it is refused, as apt and systemctl refuse to guess.
-fn confirm_unmounted(name: &str, yes: bool) -> Result<()> {
-    let mounted = crate::mounts::of_vault(name);
+fn confirm_unmounted(store: &std::path::Path, name: &str, yes: bool) -> Result<()> {
+    let mounted = crate::mounts::of_vault(store, name);
     if mounted.is_empty() {
         return Ok(());
     }

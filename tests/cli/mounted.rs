@@ -27,6 +27,14 @@ fn removing_a_mounted_vault_warns_and_needs_a_yes() {
     );
     assert_eq!(ts.cat(&format!("{vault}:/tok")), b"sixteen byte val");
 
+    // Another store's vault of the same name is not the mounted one: removed without a question.
+    let other = TestStore::new();
+    other.vault(&vault, &[]);
+    other.write(&format!("{vault}:/tok"), b"other store");
+    let out = other.run(&["vault", "remove", &vault, "--force"], b"");
+    assert_success(&out, &["vault remove (another store)"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("mounted"));
+
     // On a terminal: asked; "n" keeps it.
     let mut cmd = ts.cmd();
     cmd.args(args);
