@@ -161,9 +161,7 @@ pub enum Command {
         mountpoint: PathBuf,
     },
     /// Serve every mount in a config file from one process (what systemd and NixOS run)
-    #[command(
-        after_help = "Example config:\n  store = \"/var/lib/vaultfs/store.db\"\n  [[mount]]\n  source = \"nix:/nix-tokens\"\n  mountpoint = \"/run/keys/nix-tokens\"\n\nExamples:\n  vaultfs --key-file /etc/vaultfs/key serve --config /etc/vaultfs/serve.toml\n  vaultfs serve --check --config /etc/vaultfs/serve.toml"
-    )]
+    #[command(after_help = SERVE_HELP)]
     Serve {
         /// The TOML config
         #[arg(long, value_name = "FILE")]
@@ -201,6 +199,32 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
 }
+
+/// `serve --help`: every key of the config file, then an example that `serve --check` accepts.
+const SERVE_HELP: &str = "\
+Config keys (TOML):
+  store = PATH        the store file [default: as for --store]; --store and VAULTFS_STORE win
+  key_file = PATH     unlock with this key file; --key-file, VAULTFS_KEY_FILE and
+                      --passphrase-file win; without any, a passphrase is asked on the terminal
+  [[mount]]           one table per mount, any number of them:
+    source = ADDR     VAULT, VAULT:/DIR or VAULT:/PATH (one secret: the mountpoint is a file)
+    mountpoint = PATH absolute; created if missing; each used once
+    read_only = BOOL  [default: true]; mounts are read-only, so false is refused
+
+Example config (/etc/vaultfs/serve.toml):
+  store = \"/var/lib/vaultfs/store.db\"
+  key_file = \"/etc/vaultfs/key\"
+  [[mount]]
+  source = \"nix:/nix-tokens\"
+  mountpoint = \"/run/keys/nix-tokens\"
+  [[mount]]
+  source = \"ssh\"
+  mountpoint = \"/run/keys/ssh\"
+  read_only = true
+
+Examples:
+  vaultfs serve --check --config /etc/vaultfs/serve.toml
+  vaultfs --key-file /etc/vaultfs/key serve --config /etc/vaultfs/serve.toml";
 
 /// Argon2id cost for a new passphrase slot.
 #[derive(Args, Debug, Clone, Copy)]

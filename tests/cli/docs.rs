@@ -63,3 +63,58 @@ fn man_pages_render_for_vaultfs_and_each_command() {
     let line = ts.fails(&["man", "nosuch"], 2);
     assert!(line.contains("nosuch"), "{line}");
 }
+
+/// The config keys `src/config.rs` accepts: the fields of `ServeConfig` and `MountConfig`
+/// (`mounts` is spelled `mount` in the file).
+fn config_keys() -> Vec<String> {
+    let src = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config.rs"),
+    )
+    .unwrap();
+    let mut keys = Vec::new();
+    for name in ["struct ServeConfig {", "struct MountConfig {"] {
+        let body = &src[src.find(name).expect(name)..];
+        let body = &body[..body.find("\n}").unwrap()];
+        for line in body.lines().skip(1) {
+            let line = line.trim();
+            if line.starts_with("//") || line.starts_with('#') {
+                continue;
+            }
+            if let Some((field, _)) = line.split_once(':') {
+                keys.push(if field == "mounts" { "mount" } else { field }.to_owned());
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn serve_help_documents_every_config_key_with_an_example_that_checks() {
+    let ts = TestStore::new();
+    let help = ts.ok_text(&["serve", "--help"]);
+    let keys = config_keys();
+    assert!(keys.contains(&"read_only".to_owned()), "{keys:?}");
+    for key in &keys {
+        assert!(
+            help.contains(&format!("{key} = ")) || help.contains(&format!("[[{key}]]")),
+            "serve --help does not document {key}:\n{help}"
+        );
+    }
+    // The example config, as printed, passes `serve --check`.
+    let example: String = help
+        .split("Example config")
+        .nth(1)
+        .expect("an example config")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| format!("{}\n", l.trim()))
+        .collect();
+    assert!(example.contains("[[mount]]"), "{example}");
+    let file = ts.path("serve.toml");
+    std::fs::write(&file, &example).unwrap();
+    let args = ["serve", "--check", "--config", file.to_str().unwrap()];
+    let out = ts.run(&args, b"");
+    crate::common::assert_success(&out, &args);
+    assert!(contains(&out.stderr, b"ok (2 mount(s))"), "{out:?}");
+}
