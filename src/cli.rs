@@ -86,6 +86,9 @@ pub enum Command {
         /// Long listing: mode, owner, group, size, modified time
         #[arg(short = 'l', long = "long")]
         long: bool,
+        /// JSON for scripts: one object per entry, with everything -l shows
+        #[arg(long, conflicts_with = "long")]
+        json: bool,
         /// VAULT or VAULT:/DIR
         address: String,
     },
@@ -241,8 +244,12 @@ pub struct KdfArgs {
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// List key slots
-    #[command(after_help = "Example:\n  vaultfs key list")]
-    List,
+    #[command(after_help = "Examples:\n  vaultfs key list\n  vaultfs key list --json")]
+    List {
+        /// JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
     /// Add a key slot (a key file, or a passphrase asked twice)
     #[command(
         after_help = "Examples:\n  vaultfs --key-file old.key key add --new-key-file backup.key\n  vaultfs --key-file old.key key add --new-passphrase-file pass.txt\n  vaultfs --key-file old.key key add          # asks for a passphrase"
@@ -286,8 +293,12 @@ pub enum VaultCommand {
         mode: String,
     },
     /// List vaults
-    #[command(after_help = "Example:\n  vaultfs vault list")]
-    List,
+    #[command(after_help = "Examples:\n  vaultfs vault list\n  vaultfs vault list --json")]
+    List {
+        /// JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a vault
     #[command(after_help = "Example:\n  vaultfs vault remove old --force")]
     Remove {
@@ -310,6 +321,9 @@ pub enum AclCommand {
     Show {
         /// VAULT or VAULT:/PATH
         address: String,
+        /// JSON for scripts
+        #[arg(long)]
+        json: bool,
     },
     /// Change the vault's defaults (VAULT) or override them on an entry (VAULT:/PATH)
     #[command(

@@ -36,7 +36,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         } => secrets::write(cli, address, *allow_empty),
         Command::Cat { address } => secrets::cat(cli, address),
         Command::Import { dir, address } => secrets::import(cli, dir, address),
-        Command::Ls { long, address } => secrets::ls(cli, address, *long),
+        Command::Ls {
+            long,
+            json,
+            address,
+        } => secrets::ls(cli, address, *long, *json),
         Command::Rm { recursive, address } => secrets::rm(cli, address, *recursive),
         Command::Mv { from, to } => secrets::mv(cli, from, to),
         Command::Mkdir { parents, address } => secrets::mkdir(cli, address, *parents),

@@ -26,6 +26,8 @@ mod input;
 mod mounted;
 // Shell completions and man pages.
 mod docs;
+// Tables and JSON.
+mod lists;
 
 /// Exit code for a malformed address or a wrong credential (src/exit.rs).
 const USAGE_OR_AUTH: i32 = 2;
@@ -206,7 +208,8 @@ fn bad_addresses_are_one_line_usage_errors() {
     assert!(line.contains("invalid mode"), "{line}");
     // Nothing was stored by the refused commands.
     assert_eq!(ts.ok_text(&["ls", "v"]), format!("{}\n", "x".repeat(255)));
-    assert_eq!(ts.ok_text(&["vault", "list"]).lines().count(), 1);
+    // A header and one vault.
+    assert_eq!(ts.ok_text(&["vault", "list"]).lines().count(), 2);
 }
 
 #[test]
@@ -225,7 +228,8 @@ fn unknown_vault_is_named() {
     let out = ts.run(&["write", "nosuch:/x"], b"value");
     assert_ne!(code(&out), 0);
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"nosuch\""));
-    assert_eq!(ts.ok_text(&["vault", "list"]).lines().count(), 1);
+    // A header and one vault.
+    assert_eq!(ts.ok_text(&["vault", "list"]).lines().count(), 2);
     let line = ts.fails_any(&["cat", "v:/missing"]);
     assert!(line.contains("v:/missing: no such file"), "{line}");
 }
@@ -364,7 +368,10 @@ fn ls_long_shows_mode_owner_group_and_size() {
             .map(|l| l.split_whitespace().map(str::to_owned).collect())
             .collect()
     };
-    let rows = fields(&ts.ok_text(&["ls", "-l", "v"]));
+    let listing = ts.ok_text(&["ls", "-l", "v"]);
+    let (header, listing) = listing.split_once('\n').unwrap();
+    assert!(header.starts_with("MODE"), "{header}");
+    let rows = fields(listing);
     assert_eq!(rows.len(), 2, "{rows:?}");
     for row in &rows {
         assert_eq!(
@@ -388,12 +395,14 @@ fn ls_long_shows_mode_owner_group_and_size() {
     assert_eq!(rows[1][6], "top");
 
     let rows = fields(&ts.ok_text(&["ls", "-l", "v:/dir"]));
+    assert_eq!(rows[0][0], "MODE", "a header first");
+    let rows = &rows[1..];
     assert_eq!(rows[0][..4], ["-r--r-----", "root", "root", "5"]);
     assert_eq!(rows[0][6], "s");
     // A single secret lists itself.
     let rows = fields(&ts.ok_text(&["ls", "--long", "v:/top"]));
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0][6], "top");
+    assert_eq!(rows.len(), 2, "a header and the secret");
+    assert_eq!(rows[1][6], "top");
 }
 
 // ----- help -----

@@ -104,23 +104,27 @@ pub fn cat(cli: &Cli, address: &str) -> Result<()> {
     }
 }
 
-/// Lists a vault or directory.
-pub fn ls(cli: &Cli, address: &str, long: bool) -> Result<()> {
+/// Lists a vault or directory: names, a long table (`-l`), or JSON.
+pub fn ls(cli: &Cli, address: &str, long: bool, json: bool) -> Result<()> {
     let addr = Address::parse(address)?;
     let store = credentials::open_store(cli)?;
     let listing = store.list(&addr)?;
-    let mut out = std::io::stdout().lock();
-    for item in &listing {
-        let line = if long {
-            output::long_line(item)
-        } else if item.entry.is_dir() {
-            format!("{}/", item.entry.name)
-        } else {
-            item.entry.name.clone()
-        };
-        if writeln!(out, "{line}").is_err() {
-            break;
-        }
+    if json {
+        let items = listing
+            .iter()
+            .map(|item| output::listing_json(&addr.vault, item))
+            .collect();
+        output::print_json(&serde_json::Value::Array(items));
+    } else if long {
+        let mut table =
+            output::Table::new(&["MODE", "OWNER", "GROUP", "SIZE", "MODIFIED (UTC)", "NAME"])
+                .right(3);
+        listing
+            .iter()
+            .for_each(|item| table.row(output::long_row(item)));
+        table.print();
+    } else {
+        output::print_lines(listing.iter().map(output::shown_name));
     }
     Ok(())
 }

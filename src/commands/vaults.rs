@@ -28,6 +28,8 @@ pub fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<()> {
             group,
             mode,
         } => {
+            crate::commands::acl::reject_empty("--owner", owner.as_deref())?;
+            crate::commands::acl::reject_empty("--group", group.as_deref())?;
             let (uid, gid) = (
                 nix::unistd::geteuid().as_raw(),
                 nix::unistd::getegid().as_raw(),
@@ -50,12 +52,35 @@ pub fn vault(cli: &Cli, cmd: &VaultCommand) -> Result<()> {
                 info.name, info.acl.owner, info.acl.group, info.acl.mode
             );
         }
-        VaultCommand::List => {
-            for v in store.list_vaults()? {
-                println!(
-                    "{}\t{}\t{}\t{:04o}",
-                    v.name, v.acl.owner, v.acl.group, v.acl.mode
-                );
+        VaultCommand::List { json } => {
+            let vaults = store.list_vaults()?;
+            if *json {
+                let items = vaults
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "name": v.name,
+                            "owner": v.acl.owner,
+                            "group": v.acl.group,
+                            "mode": format!("{:04o}", v.acl.mode),
+                            "created": output::format_time(v.created_ns),
+                        })
+                    })
+                    .collect();
+                output::print_json(&serde_json::Value::Array(items));
+            } else {
+                let mut table =
+                    output::Table::new(&["NAME", "OWNER", "GROUP", "MODE", "CREATED (UTC)"]);
+                for v in &vaults {
+                    table.row(vec![
+                        v.name.clone(),
+                        v.acl.owner.clone(),
+                        v.acl.group.clone(),
+                        format!("{:04o}", v.acl.mode),
+                        output::format_time(v.created_ns),
+                    ]);
+                }
+                table.print();
             }
         }
         VaultCommand::Remove { name, force, yes } => {
