@@ -27,37 +27,45 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     use commands::*;
     let done = match &cli.command {
         Command::Keygen { file } => keys::keygen(file),
-        Command::Init { kdf } => keys::init(cli, *kdf),
-        Command::Key(cmd) => keys::key(cli, cmd),
-        Command::Vault(cmd) => vaults::vault(cli, cmd),
+        Command::Init { kdf, .. } => keys::init(cli, *kdf),
+        Command::Key { cmd, .. } => keys::key(cli, cmd),
+        Command::Vault { cmd, .. } => vaults::vault(cli, cmd),
         Command::Write {
             address,
             allow_empty,
+            ..
         } => secrets::write(cli, address, *allow_empty),
-        Command::Cat { address } => secrets::cat(cli, address),
-        Command::Import { dir, address } => secrets::import(cli, dir, address),
+        Command::Cat { address, .. } => secrets::cat(cli, address),
+        Command::Import { dir, address, .. } => secrets::import(cli, dir, address),
         Command::Ls {
             long,
             json,
             address,
+            ..
         } => secrets::ls(cli, address, *long, *json),
-        Command::Rm { recursive, address } => secrets::rm(cli, address, *recursive),
-        Command::Mv { from, to } => secrets::mv(cli, from, to),
-        Command::Mkdir { parents, address } => secrets::mkdir(cli, address, *parents),
-        Command::Acl(cmd) => acl::acl(cli, cmd),
+        Command::Rm {
+            recursive, address, ..
+        } => secrets::rm(cli, address, *recursive),
+        Command::Mv { from, to, .. } => secrets::mv(cli, from, to),
+        Command::Mkdir {
+            parents, address, ..
+        } => secrets::mkdir(cli, address, *parents),
+        Command::Acl { cmd, .. } => acl::acl(cli, cmd),
         Command::Env {
             secrets,
             raw,
             command,
+            ..
         } => env::env(cli, secrets, *raw, command),
         Command::Mount {
             source,
             mountpoint,
             foreground,
             log_file,
+            ..
         } => return mount::mount(cli, source, mountpoint, *foreground, log_file.as_deref()),
         Command::Umount { mountpoint } => mount::umount(mountpoint),
-        Command::Serve { config, check } => serve::serve(cli, config, *check),
+        Command::Serve { config, check, .. } => serve::serve(cli, config, *check),
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
         Command::Completions { shell } => docs::completions(*shell),
         Command::Man { command } => docs::man(command.as_deref()),
@@ -83,7 +91,8 @@ fn init_logging() {
 fn main() -> ExitCode {
     hygiene::harden_process();
     init_logging();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.absorb_store_args();
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {

@@ -118,3 +118,62 @@ fn serve_help_documents_every_config_key_with_an_example_that_checks() {
     crate::common::assert_success(&out, &args);
     assert!(contains(&out.stderr, b"ok (2 mount(s))"), "{out:?}");
 }
+
+#[test]
+fn store_options_appear_only_on_commands_that_open_the_store() {
+    let ts = TestStore::new();
+    for cmd in [
+        &["keygen"][..],
+        &["demo"],
+        &["umount"],
+        &["completions"],
+        &["man"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let help = ts.ok_text(&args);
+        for opt in ["--store", "--key-file", "--passphrase-file"] {
+            assert!(!help.contains(opt), "`{}` offers {opt}", args.join(" "));
+        }
+    }
+    for cmd in [
+        &["ls"][..],
+        &["key", "list"],
+        &["mount"],
+        &["serve"],
+        &["vault", "create"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let help = ts.ok_text(&args);
+        for opt in ["--store", "--key-file", "--passphrase-file"] {
+            assert!(help.contains(opt), "`{}` lacks {opt}", args.join(" "));
+        }
+    }
+    // Before the command, after it, or between a group and its command: all the same store.
+    ts.vault("v", &[]);
+    let store = ts.store.to_str().unwrap();
+    let key = ts.key.to_str().unwrap();
+    for args in [
+        &["--store", store, "--key-file", key, "vault", "list"][..],
+        &["vault", "--store", store, "--key-file", key, "list"],
+        &["vault", "list", "--store", store, "--key-file", key],
+    ] {
+        let out = crate::common::run_command(
+            ts.cmd()
+                .env_remove("VAULTFS_STORE")
+                .env_remove("VAULTFS_KEY_FILE")
+                .args(args),
+            b"",
+        );
+        crate::common::assert_success(&out, args);
+        assert!(contains(&out.stdout, b"v "), "{args:?}");
+    }
+    // After the command, an option wins over the environment and the top level.
+    let elsewhere = ts.path("elsewhere.db");
+    let out = ts.run(&["ls", "--store", elsewhere.to_str().unwrap(), "v"], b"");
+    assert!(contains(&out.stderr, b"elsewhere.db"), "{out:?}");
+    // Where they do not apply, they are refused.
+    let out = ts.run(&["keygen", "--store", store, "/nonexistent/k"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
