@@ -28,6 +28,8 @@ mod mounted;
 mod docs;
 // Tables and JSON.
 mod lists;
+// The quick-start demo.
+mod demo;
 
 /// Exit code for a malformed address or a wrong credential (src/exit.rs).
 const USAGE_OR_AUTH: i32 = 2;
