@@ -86,3 +86,23 @@ fn ctrl_d_at_a_passphrase_prompt_says_so() {
     assert!(text.contains("no passphrase entered"), "{text}");
     assert!(!text.contains("no terminal"), "{text}");
 }
+
+#[test]
+fn ctrl_c_while_typing_a_secret_gives_the_terminal_its_echo_back() {
+    let ts = TestStore::new();
+    ts.vault("v", &[]);
+    ts.write("v:/s", b"old");
+    let mut cmd = ts.cmd();
+    cmd.args(["write", "v:/s"]);
+    let mut tty = OnPty::spawn(cmd);
+    assert!(tty.echoes(), "a fresh terminal echoes");
+    tty.expect("type the secret");
+    assert!(!tty.echoes(), "echo is off while the secret is typed");
+    tty.type_in(b"half-typed");
+    tty.type_in(b"\x03");
+    let (code, seen) = tty.finish();
+    assert_eq!(code, 128 + 2, "{}", String::from_utf8_lossy(&seen));
+    assert!(!contains(&seen, b"half-typed"));
+    assert!(tty.echoes(), "the shell gets its echo back");
+    assert_eq!(ts.cat("v:/s"), b"old", "nothing was written");
+}

@@ -429,6 +429,15 @@ impl OnPty {
         }
     }
 
+    /// Whether the terminal echoes what is typed now (its settings, as the shell would find
+    /// them).
+    pub fn echoes(&self) -> bool {
+        let attrs = nix::sys::termios::tcgetattr(&self.master).expect("tcgetattr");
+        attrs
+            .local_flags
+            .contains(nix::sys::termios::LocalFlags::ECHO)
+    }
+
     /// Types `bytes` as a user would.
     pub fn type_in(&mut self, bytes: &[u8]) {
         self.master.write_all(bytes).expect("write to the pty");
@@ -436,7 +445,7 @@ impl OnPty {
 
     /// Waits (at most 10 s, else kills it and fails) for the process; returns its exit code and
     /// everything the terminal showed.
-    pub fn finish(mut self) -> (i32, Vec<u8>) {
+    pub fn finish(&mut self) -> (i32, Vec<u8>) {
         let start = std::time::Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
