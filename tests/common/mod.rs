@@ -18,8 +18,7 @@ pub fn vaultfs_bin() -> PathBuf {
 
 /// Whether the tests run as root (mounts and `allow_other` need it).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Whether `name` is an executable on `PATH`; see [`requirement`] for what happens when not.
