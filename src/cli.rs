@@ -14,13 +14,13 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// The store file [default: /var/lib/vaultfs/store.db for root, else $XDG_DATA_HOME/vaultfs/store.db]
-    #[arg(long, global = true, env = "VAULTFS_STORE", value_name = "PATH")]
+    #[arg(long, env = "VAULTFS_STORE", value_name = "PATH")]
     pub store: Option<PathBuf>,
     /// Unlock with this key file (made by `vaultfs keygen`)
-    #[arg(long, global = true, env = "VAULTFS_KEY_FILE", value_name = "PATH")]
+    #[arg(long, env = "VAULTFS_KEY_FILE", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// Unlock with the passphrase in this file (first line); without either option, a passphrase is asked on the terminal
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -41,31 +41,48 @@ pub enum Command {
     )]
     Init {
         #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
         kdf: KdfArgs,
     },
     /// Manage key slots (credentials that unlock the store)
     #[command(
-        subcommand,
         after_help = "Examples:\n  vaultfs key list\n  vaultfs key add --new-key-file /root/backup.key\n  vaultfs key remove 1"
     )]
-    Key(KeyCommand),
+    Key {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        cmd: KeyCommand,
+    },
     /// Manage vaults
     #[command(
-        subcommand,
         after_help = "Examples:\n  vaultfs vault create nix --owner root --mode 0400\n  vaultfs vault list\n  vaultfs vault remove old --force"
     )]
-    Vault(VaultCommand),
+    Vault {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        cmd: VaultCommand,
+    },
     /// Store stdin as the secret at VAULT:/PATH (creating parent directories)
     #[command(after_help = "Example:\n  printf '%s' \"$TOKEN\" | vaultfs write nix:/nix-tokens")]
     Write {
+        #[command(flatten)]
+        store: StoreArgs,
         /// VAULT:/PATH
         address: String,
+        /// Store an empty value (empty input is refused otherwise: it is usually a failed pipe)
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Copy every file under a directory into a vault in one transaction (all or nothing)
     #[command(
         after_help = "Examples:\n  vaultfs import /run/secrets app            # migrate from a sops-nix or agenix ramfs\n  vaultfs import ./keys ssh:/hosts/web"
     )]
     Import {
+        #[command(flatten)]
+        store: StoreArgs,
         /// The directory to read (symlinks to files are followed)
         dir: PathBuf,
         /// VAULT or VAULT:/DIR to import into
@@ -74,15 +91,22 @@ pub enum Command {
     /// Write the secret at VAULT:/PATH to stdout, byte for byte
     #[command(after_help = "Example:\n  vaultfs cat nix:/nix-tokens")]
     Cat {
+        #[command(flatten)]
+        store: StoreArgs,
         /// VAULT:/PATH
         address: String,
     },
     /// List a vault or a directory
     #[command(after_help = "Examples:\n  vaultfs ls nix\n  vaultfs ls -l ssh:/keys")]
     Ls {
+        #[command(flatten)]
+        store: StoreArgs,
         /// Long listing: mode, owner, group, size, modified time
         #[arg(short = 'l', long = "long")]
         long: bool,
+        /// JSON for scripts: one object per entry, with everything -l shows
+        #[arg(long, conflicts_with = "long")]
+        json: bool,
         /// VAULT or VAULT:/DIR
         address: String,
     },
@@ -91,6 +115,8 @@ pub enum Command {
         after_help = "Examples:\n  vaultfs rm nix:/old-token\n  vaultfs rm -r ssh:/old-host"
     )]
     Rm {
+        #[command(flatten)]
+        store: StoreArgs,
         /// Remove directories and everything in them
         #[arg(short = 'r', long)]
         recursive: bool,
@@ -100,6 +126,8 @@ pub enum Command {
     /// Rename or move an entry inside a vault
     #[command(after_help = "Example:\n  vaultfs mv nix:/token nix:/old/token")]
     Mv {
+        #[command(flatten)]
+        store: StoreArgs,
         /// VAULT:/FROM
         from: String,
         /// VAULT:/TO
@@ -108,6 +136,8 @@ pub enum Command {
     /// Create a directory
     #[command(after_help = "Example:\n  vaultfs mkdir -p ssh:/hosts/web")]
     Mkdir {
+        #[command(flatten)]
+        store: StoreArgs,
         /// Create missing parents; no error if it exists
         #[arg(short = 'p', long)]
         parents: bool,
@@ -116,24 +146,37 @@ pub enum Command {
     },
     /// Show or change ownership and permissions
     #[command(
-        subcommand,
         after_help = "Examples:\n  vaultfs acl show ssh:/id_ed25519\n  vaultfs acl set ssh --owner alice --mode 0400"
     )]
-    Acl(AclCommand),
+    Acl {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        cmd: AclCommand,
+    },
     /// Files rendered from secrets when they are read (netrc, nix.conf, JSON configs)
     #[command(
-        subcommand,
         after_help = "Examples:\n  echo 'machine github.com login x password {{ ci:/gh | trim }}' | vaultfs template set ci:/netrc\n  vaultfs template set app:/config.json --format json --from config.json.tmpl\n  vaultfs template show ci:/netrc"
     )]
-    Template(TemplateCommand),
-    /// Run a command with secrets in its environment (exec: signals and exit codes pass through)
+    Template {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        cmd: TemplateCommand,
+    },
+    /// Run a command with secrets in its environment (exec: signals and exit codes pass through); one trailing newline of each value is dropped unless --raw
     #[command(
         after_help = "Examples:\n  vaultfs env aws:/AWS_SECRET_ACCESS_KEY -- aws s3 ls\n  vaultfs env ci:/github-token=GITHUB_TOKEN -- gh pr list\n  vaultfs env app:/env -- ./server     # every secret in the directory"
     )]
     Env {
-        /// VAULT:/PATH[=VAR]: the variable defaults to the secret's base name; a directory exports every secret in it
+        #[command(flatten)]
+        store: StoreArgs,
+        /// VAULT:/PATH[=VAR]: the variable defaults to the secret's base name; a directory exports every secret directly in it (and says which subdirectories it skipped)
         #[arg(required = true)]
         secrets: Vec<String>,
+        /// Keep each value byte for byte; by default one trailing newline is dropped, as `$(...)` does
+        #[arg(long)]
+        raw: bool,
         /// The command and its arguments, after `--`
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -143,6 +186,8 @@ pub enum Command {
         after_help = "Examples:\n  vaultfs mount nix /run/keys/nix\n  vaultfs mount nix:/nix-tokens /run/keys/nix-tokens\n  vaultfs mount --foreground ssh:/keys /run/keys/ssh"
     )]
     Mount {
+        #[command(flatten)]
+        store: StoreArgs,
         /// VAULT, VAULT:/DIR or VAULT:/PATH
         source: String,
         /// Where to mount it (created if missing)
@@ -165,16 +210,32 @@ pub enum Command {
         mountpoint: PathBuf,
     },
     /// Serve every mount in a config file from one process (what systemd and NixOS run)
-    #[command(
-        after_help = "Example config:\n  store = \"/var/lib/vaultfs/store.db\"\n  [[mount]]\n  source = \"nix:/nix-tokens\"\n  mountpoint = \"/run/keys/nix-tokens\"\n\nExamples:\n  vaultfs --key-file /etc/vaultfs/key serve --config /etc/vaultfs/serve.toml\n  vaultfs serve --check --config /etc/vaultfs/serve.toml"
-    )]
+    #[command(after_help = SERVE_HELP)]
     Serve {
+        #[command(flatten)]
+        store: StoreArgs,
         /// The TOML config
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// Only validate the config (no store, no mount)
         #[arg(long)]
         check: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Examples:\n  vaultfs completions bash > /etc/bash_completion.d/vaultfs\n  vaultfs completions zsh > \"${fpath[1]}/_vaultfs\"\n  vaultfs completions fish > ~/.config/fish/completions/vaultfs.fish"
+    )]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of vaultfs or of one of its commands
+    #[command(
+        after_help = "Examples:\n  vaultfs man | man -l -\n  vaultfs man mount > /usr/local/share/man/man1/vaultfs-mount.1"
+    )]
+    Man {
+        /// A command, for its own page (vaultfs-COMMAND(1))
+        command: Option<String>,
     },
     /// Quick start: a throwaway store with sample secrets, mounted, listed and read
     #[command(
@@ -188,6 +249,96 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// `serve --help`: every key of the config file, then an example that `serve --check` accepts.
+const SERVE_HELP: &str = "\
+Config keys (TOML):
+  store = PATH        the store file [default: as for --store]; --store and VAULTFS_STORE win
+  key_file = PATH     unlock with this key file; --key-file, VAULTFS_KEY_FILE and
+                      --passphrase-file win; without any, a passphrase is asked on the terminal
+  [[mount]]           one table per mount, any number of them:
+    source = ADDR     VAULT, VAULT:/DIR or VAULT:/PATH (one secret: the mountpoint is a file)
+    mountpoint = PATH absolute; created if missing; each used once
+    read_only = BOOL  [default: true]; mounts are read-only, so false is refused
+    open_timeout_ms = MS  [default: 2000]; how long an open waits for a locked or stuck
+                      store before it fails with EIO (listing and stat never wait)
+
+Example config (/etc/vaultfs/serve.toml):
+  store = \"/var/lib/vaultfs/store.db\"
+  key_file = \"/etc/vaultfs/key\"
+  [[mount]]
+  source = \"nix:/nix-tokens\"
+  mountpoint = \"/run/keys/nix-tokens\"
+  [[mount]]
+  source = \"ssh\"
+  mountpoint = \"/run/keys/ssh\"
+  read_only = true
+  open_timeout_ms = 2000
+
+Examples:
+  vaultfs serve --check --config /etc/vaultfs/serve.toml
+  vaultfs --key-file /etc/vaultfs/key serve --config /etc/vaultfs/serve.toml";
+
+/// Where the store is and how to unlock it: only on the commands that open the store. The
+/// same options before the command (`vaultfs --key-file K serve ...`) still work; one given
+/// after the command wins.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArgs {
+    /// The store file (or VAULTFS_STORE) [default: /var/lib/vaultfs/store.db for root, else $XDG_DATA_HOME/vaultfs/store.db]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Unlock with this key file, made by `vaultfs keygen` (or VAULTFS_KEY_FILE)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Unlock with the passphrase in this file (first line); without either option, a passphrase is asked on the terminal
+    #[arg(long, global = true, value_name = "PATH")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Folds the store options given after the command into the top-level ones, which the
+    /// rest of the program reads. Given after the command, they win: they were typed last.
+    pub fn absorb_store_args(&mut self) {
+        let Some(sub) = self.command.store_args().cloned() else {
+            return;
+        };
+        if sub.store.is_some() {
+            self.store = sub.store;
+        }
+        if sub.key_file.is_some() || sub.passphrase_file.is_some() {
+            self.key_file = sub.key_file;
+            self.passphrase_file = sub.passphrase_file;
+        }
+    }
+}
+
+impl Command {
+    /// The store options of a command that opens the store.
+    fn store_args(&self) -> Option<&StoreArgs> {
+        match self {
+            Command::Init { store, .. }
+            | Command::Key { store, .. }
+            | Command::Vault { store, .. }
+            | Command::Write { store, .. }
+            | Command::Import { store, .. }
+            | Command::Cat { store, .. }
+            | Command::Ls { store, .. }
+            | Command::Rm { store, .. }
+            | Command::Mv { store, .. }
+            | Command::Mkdir { store, .. }
+            | Command::Acl { store, .. }
+            | Command::Template { store, .. }
+            | Command::Env { store, .. }
+            | Command::Mount { store, .. }
+            | Command::Serve { store, .. } => Some(store),
+            Command::Keygen { .. }
+            | Command::Umount { .. }
+            | Command::Demo { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. } => None,
+        }
+    }
 }
 
 /// Argon2id cost for a new passphrase slot.
@@ -205,8 +356,12 @@ pub struct KdfArgs {
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// List key slots
-    #[command(after_help = "Example:\n  vaultfs key list")]
-    List,
+    #[command(after_help = "Examples:\n  vaultfs key list\n  vaultfs key list --json")]
+    List {
+        /// JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
     /// Add a key slot (a key file, or a passphrase asked twice)
     #[command(
         after_help = "Examples:\n  vaultfs --key-file old.key key add --new-key-file backup.key\n  vaultfs --key-file old.key key add --new-passphrase-file pass.txt\n  vaultfs --key-file old.key key add          # asks for a passphrase"
@@ -250,8 +405,12 @@ pub enum VaultCommand {
         mode: String,
     },
     /// List vaults
-    #[command(after_help = "Example:\n  vaultfs vault list")]
-    List,
+    #[command(after_help = "Examples:\n  vaultfs vault list\n  vaultfs vault list --json")]
+    List {
+        /// JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a vault
     #[command(after_help = "Example:\n  vaultfs vault remove old --force")]
     Remove {
@@ -260,6 +419,9 @@ pub enum VaultCommand {
         /// Remove it even when it holds secrets
         #[arg(long)]
         force: bool,
+        /// Remove it even when it is mounted on this host (asked on a terminal otherwise)
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -296,6 +458,9 @@ pub enum AclCommand {
     Show {
         /// VAULT or VAULT:/PATH
         address: String,
+        /// JSON for scripts
+        #[arg(long)]
+        json: bool,
     },
     /// Change the vault's defaults (VAULT) or override them on an entry (VAULT:/PATH)
     #[command(

@@ -101,7 +101,7 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
                 "{which}: read-write mounts are not supported; remove read_only = false"
             ));
         }
-        if !seen.insert(m.mountpoint.clone()) {
+        if !seen.insert(m.mountpoint.components().collect::<std::path::PathBuf>()) {
             let shown = m.mountpoint.display();
             return fail(format!("{which}: mountpoint {shown} is used twice"));
         }
@@ -116,7 +116,8 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
         };
         mounts.push(MountSpec {
             source,
-            mountpoint: m.mountpoint.clone(),
+            // Without a trailing slash, as `vaultfs mount` takes it.
+            mountpoint: m.mountpoint.components().collect(),
             open_timeout,
         });
     }

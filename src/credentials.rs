@@ -18,8 +18,7 @@ pub fn store_path(cli: &Cli) -> PathBuf {
     if let Some(p) = &cli.store {
         return p.clone();
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/vaultfs/store.db");
     }
     let data = std::env::var_os("XDG_DATA_HOME")
@@ -94,12 +93,7 @@ pub fn passphrase_file(path: &Path) -> Result<Credential> {
 }
 
 fn prompt(text: &str) -> Result<SecretBytes> {
-    match rpassword::prompt_password(text) {
-        Ok(p) => Ok(SecretBytes::new(p.into_bytes())),
-        Err(_) => usage!(
-            "no key given: pass --key-file or --passphrase-file (there is no terminal to ask a passphrase on)"
-        ),
-    }
+    crate::tty::prompt_hidden(text, "--key-file or --passphrase-file")
 }
 
 /// The credential that unlocks an existing store.

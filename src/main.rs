@@ -1,6 +1,10 @@
 //! `vaultfs`: the command-line front end. The store and the FUSE driver live in their own
 //! crates (`vaultfs-store`, `vaultfs-fs`); this binary parses arguments, gathers credentials,
 //! adds context to errors and maps them to exit codes.
+//!
+//! System calls go through `nix`'s safe wrappers; the one `unsafe` call left is `fork`, in
+//! `daemon/fork.rs`, which says why it is sound.
+#![deny(unsafe_code)]
 
 mod cli;
 mod commands;
@@ -9,7 +13,9 @@ mod credentials;
 mod daemon;
 mod exit;
 mod hygiene;
+mod mounts;
 mod output;
+mod tty;
 
 use std::process::ExitCode;
 
@@ -21,25 +27,44 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     use commands::*;
     let done = match &cli.command {
         Command::Keygen { file } => keys::keygen(file),
-        Command::Init { kdf } => keys::init(cli, *kdf),
-        Command::Key(cmd) => keys::key(cli, cmd),
-        Command::Vault(cmd) => vaults::vault(cli, cmd),
-        Command::Write { address } => secrets::write(cli, address),
-        Command::Cat { address } => secrets::cat(cli, address),
-        Command::Import { dir, address } => secrets::import(cli, dir, address),
-        Command::Ls { long, address } => secrets::ls(cli, address, *long),
-        Command::Rm { recursive, address } => secrets::rm(cli, address, *recursive),
-        Command::Mv { from, to } => secrets::mv(cli, from, to),
-        Command::Mkdir { parents, address } => secrets::mkdir(cli, address, *parents),
-        Command::Acl(cmd) => acl::acl(cli, cmd),
-        Command::Template(cmd) => template::template(cli, cmd),
-        Command::Env { secrets, command } => env::env(cli, secrets, command),
+        Command::Init { kdf, .. } => keys::init(cli, *kdf),
+        Command::Key { cmd, .. } => keys::key(cli, cmd),
+        Command::Vault { cmd, .. } => vaults::vault(cli, cmd),
+        Command::Write {
+            address,
+            allow_empty,
+            ..
+        } => secrets::write(cli, address, *allow_empty),
+        Command::Cat { address, .. } => secrets::cat(cli, address),
+        Command::Import { dir, address, .. } => secrets::import(cli, dir, address),
+        Command::Ls {
+            long,
+            json,
+            address,
+            ..
+        } => secrets::ls(cli, address, *long, *json),
+        Command::Rm {
+            recursive, address, ..
+        } => secrets::rm(cli, address, *recursive),
+        Command::Mv { from, to, .. } => secrets::mv(cli, from, to),
+        Command::Mkdir {
+            parents, address, ..
+        } => secrets::mkdir(cli, address, *parents),
+        Command::Acl { cmd, .. } => acl::acl(cli, cmd),
+        Command::Template { cmd, .. } => template::template(cli, cmd),
+        Command::Env {
+            secrets,
+            raw,
+            command,
+            ..
+        } => env::env(cli, secrets, *raw, command),
         Command::Mount {
             source,
             mountpoint,
             foreground,
             log_file,
             open_timeout_ms,
+            ..
         } => {
             let timeout = std::time::Duration::from_millis(*open_timeout_ms);
             return mount::mount(
@@ -52,10 +77,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Umount { mountpoint } => mount::umount(mountpoint),
-        Command::Serve { config, check } => serve::serve(cli, config, *check),
+        Command::Serve { config, check, .. } => serve::serve(cli, config, *check),
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Man { command } => docs::man(command.as_deref()),
     };
-    done.map(|()| ExitCode::SUCCESS)
+    done.map(|()| exit::Exit::Success.into())
 }
 
 /// Logs go to stderr, at `warn` unless `VAULTFS_LOG` says otherwise. No log line ever holds a
@@ -76,12 +103,13 @@ fn init_logging() {
 fn main() -> ExitCode {
     hygiene::harden_process();
     init_logging();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.absorb_store_args();
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("vaultfs: {err:#}");
-            exit::code_for(&err)
+            exit::Exit::of(&err).into()
         }
     }
 }

@@ -38,23 +38,125 @@ pub fn format_time(ns: i64) -> String {
     )
 }
 
-/// One `ls -l` line: mode, owner, group, size, modified time (UTC), name.
-pub fn long_line(item: &Listing) -> String {
-    let is_dir = item.entry.is_dir();
-    let name = if is_dir {
+/// The name `ls` shows: directories end in `/`.
+pub fn shown_name(item: &Listing) -> String {
+    if item.entry.is_dir() {
         format!("{}/", item.entry.name)
     } else {
         item.entry.name.clone()
-    };
-    format!(
-        "{} {:<8} {:<8} {:>8} {} {}",
+    }
+}
+
+/// One `ls -l` row: mode, owner, group, size, modified time (UTC), name.
+pub fn long_row(item: &Listing) -> Vec<String> {
+    let is_dir = item.entry.is_dir();
+    vec![
         mode_string(projected_mode(item.acl.mode.value, is_dir), is_dir),
-        item.acl.owner.value,
-        item.acl.group.value,
-        item.entry.size,
+        item.acl.owner.value.clone(),
+        item.acl.group.value.clone(),
+        item.entry.size.to_string(),
         format_time(item.entry.mtime_ns),
-        name
-    )
+        shown_name(item),
+    ]
+}
+
+/// The `ls --json` object of one entry (never its value).
+pub fn listing_json(vault: &str, item: &Listing) -> serde_json::Value {
+    let is_dir = item.entry.is_dir();
+    serde_json::json!({
+        "name": item.entry.name,
+        "address": format!("{vault}:{}", item.path),
+        "kind": if is_dir { "dir" } else { "secret" },
+        "size": item.entry.size,
+        "mtime": format_time(item.entry.mtime_ns),
+        "mtime_ns": item.entry.mtime_ns,
+        "owner": item.acl.owner.value,
+        "group": item.acl.group.value,
+        "mode": format!("{:04o}", item.acl.mode.value),
+    })
+}
+
+/// Columns that line up: a header, then rows, each column as wide as its widest cell; the
+/// columns named in `right` (numbers) are right-aligned. The last column is not padded.
+pub struct Table {
+    header: Vec<&'static str>,
+    right: Vec<usize>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new(header: &[&'static str]) -> Table {
+        Table {
+            header: header.to_vec(),
+            right: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Right-aligns column `index`.
+    pub fn right(mut self, index: usize) -> Table {
+        self.right.push(index);
+        self
+    }
+
+    /// Adds a row (as many cells as the header).
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The lines, header first, without trailing spaces.
+    pub fn lines(&self) -> Vec<String> {
+        let header: Vec<String> = self.header.iter().map(|h| (*h).to_owned()).collect();
+        let all: Vec<&Vec<String>> = std::iter::once(&header).chain(&self.rows).collect();
+        let widths: Vec<usize> = (0..header.len())
+            .map(|c| all.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        all.iter()
+            .map(|row| {
+                let cells: Vec<String> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(c, cell)| {
+                        let w = widths[c];
+                        if self.right.contains(&c) {
+                            format!("{cell:>w$}")
+                        } else if c + 1 == row.len() {
+                            cell.clone()
+                        } else {
+                            format!("{cell:<w$}")
+                        }
+                    })
+                    .collect();
+                cells.join("  ").trim_end().to_owned()
+            })
+            .collect()
+    }
+
+    /// Prints the lines to stdout; a closed pipe (`| head`) ends quietly. An empty table
+    /// prints nothing, not even its header, so "no vaults" is an empty output.
+    pub fn print(&self) {
+        if !self.rows.is_empty() {
+            print_lines(self.lines());
+        }
+    }
+}
+
+/// Prints lines to stdout, stopping quietly at a closed pipe.
+pub fn print_lines(lines: impl IntoIterator<Item = String>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+}
+
+/// Prints a JSON value (pretty, one trailing newline) for scripts.
+pub fn print_json(value: &serde_json::Value) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    print_lines([text]);
 }
 
 /// Warns (once, on stderr) when an owner or group does not resolve on this host: a mount will
@@ -80,6 +182,26 @@ mod tests {
         assert_eq!(
             format_time(1_700_000_000 * 1_000_000_000),
             "2023-11-14 22:13:20"
+        );
+    }
+
+    #[test]
+    fn tables_align_under_their_header() {
+        let mut t = Table::new(&["ID", "KIND", "SIZE", "NAME"]).right(2);
+        t.row(vec!["1".into(), "keyfile".into(), "5".into(), "a".into()]);
+        t.row(vec![
+            "12".into(),
+            "pass".into(),
+            "1234".into(),
+            "long name".into(),
+        ]);
+        assert_eq!(
+            t.lines(),
+            [
+                "ID  KIND     SIZE  NAME",
+                "1   keyfile     5  a",
+                "12  pass     1234  long name"
+            ]
         );
     }
 }

@@ -20,6 +20,16 @@ mod tamper;
 mod concurrency;
 // `vaultfs env`.
 mod env;
+// Input from a terminal or an empty pipe.
+mod input;
+// Commands against a vault mounted on this host.
+mod mounted;
+// Shell completions and man pages.
+mod docs;
+// Tables and JSON.
+mod lists;
+// The quick-start demo.
+mod demo;
 
 /// Exit code for a malformed address or a wrong credential (src/exit.rs).
 const USAGE_OR_AUTH: i32 = 2;
@@ -39,14 +49,63 @@ fn random_text(n: usize) -> Vec<u8> {
 fn harness_finds_tools_and_root() {
     use crate::common::{is_root, require_tool};
     assert!(require_tool("sh"));
-    if std::env::var("CI").as_deref() != Ok("true") {
-        assert!(!require_tool("no-such-tool-vaultfs-test"));
-    }
     let id = Command::new("id").arg("-u").output().unwrap();
     assert_eq!(is_root(), String::from_utf8_lossy(&id.stdout).trim() == "0");
     let (a, b) = (random_name(), random_name());
     assert_ne!(a, b);
     assert_eq!(a.len(), 20);
+}
+
+/// A test that cannot run fails, unless VAULTFS_TEST_SKIP opts out; then the run lists it. CI
+/// never skips. Checked by running this test binary again, as a child, on this very test.
+#[test]
+fn harness_fails_or_lists_what_it_cannot_run() {
+    const TOOL: &str = "no-such-tool-vaultfs-probe";
+    if std::env::var_os("VAULTFS_HARNESS_PROBE").is_some() {
+        crate::common::require_tool(TOOL);
+        return;
+    }
+    let probe = |ci: bool, skip: Option<&str>| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "cli::harness_fails_or_lists_what_it_cannot_run",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env("VAULTFS_HARNESS_PROBE", "1")
+        .env_remove("VAULTFS_TEST_SKIP")
+        .env_remove("CI");
+        if ci {
+            cmd.env("CI", "true");
+        }
+        if let Some(kinds) = skip {
+            cmd.env("VAULTFS_TEST_SKIP", kinds);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = probe(false, None);
+    assert!(!ok, "a missing tool passed: {text}");
+    assert!(
+        text.contains(TOOL) && text.contains(&format!("VAULTFS_TEST_SKIP={TOOL}")),
+        "{text}"
+    );
+    let (ok, text) = probe(false, Some(&format!("root,{TOOL}")));
+    assert!(ok, "opted out, the test should be skipped: {text}");
+    assert!(
+        text.contains("SKIPPED cli::harness_fails_or_lists_what_it_cannot_run")
+            && text.contains("SKIPPED 1 test(s)"),
+        "the skip is not listed: {text}"
+    );
+    let (ok, text) = probe(false, Some("all"));
+    assert!(ok && text.contains("SKIPPED 1 test(s)"), "{text}");
+    let (ok, text) = probe(true, Some("all"));
+    assert!(!ok, "CI=true skipped a test: {text}");
 }
 
 // ----- round trips -----
@@ -151,7 +210,8 @@ fn bad_addresses_are_one_line_usage_errors() {
     assert!(line.contains("invalid mode"), "{line}");
     // Nothing was stored by the refused commands.
     assert_eq!(ts.ok_text(&["ls", "v"]), format!("{}\n", "x".repeat(255)));
-    assert_eq!(ts.ok_text(&["vault", "list"]).lines().count(), 1);
+    // A header and one vault.
+    assert_eq!(ts.ok_text(&["vault", "list"]).lines().count(), 2);
 }
 
 #[test]
@@ -170,7 +230,8 @@ fn unknown_vault_is_named() {
     let out = ts.run(&["write", "nosuch:/x"], b"value");
     assert_ne!(code(&out), 0);
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"nosuch\""));
-    assert_eq!(ts.ok_text(&["vault", "list"]).lines().count(), 1);
+    // A header and one vault.
+    assert_eq!(ts.ok_text(&["vault", "list"]).lines().count(), 2);
     let line = ts.fails_any(&["cat", "v:/missing"]);
     assert!(line.contains("v:/missing: no such file"), "{line}");
 }
@@ -309,7 +370,10 @@ fn ls_long_shows_mode_owner_group_and_size() {
             .map(|l| l.split_whitespace().map(str::to_owned).collect())
             .collect()
     };
-    let rows = fields(&ts.ok_text(&["ls", "-l", "v"]));
+    let listing = ts.ok_text(&["ls", "-l", "v"]);
+    let (header, listing) = listing.split_once('\n').unwrap();
+    assert!(header.starts_with("MODE"), "{header}");
+    let rows = fields(listing);
     assert_eq!(rows.len(), 2, "{rows:?}");
     for row in &rows {
         assert_eq!(
@@ -333,12 +397,14 @@ fn ls_long_shows_mode_owner_group_and_size() {
     assert_eq!(rows[1][6], "top");
 
     let rows = fields(&ts.ok_text(&["ls", "-l", "v:/dir"]));
+    assert_eq!(rows[0][0], "MODE", "a header first");
+    let rows = &rows[1..];
     assert_eq!(rows[0][..4], ["-r--r-----", "root", "root", "5"]);
     assert_eq!(rows[0][6], "s");
     // A single secret lists itself.
     let rows = fields(&ts.ok_text(&["ls", "--long", "v:/top"]));
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0][6], "top");
+    assert_eq!(rows.len(), 2, "a header and the secret");
+    assert_eq!(rows[1][6], "top");
 }
 
 // ----- help -----

@@ -105,7 +105,7 @@ fn a_same_uid_process_cannot_read_a_vaultfs_process_memory() {
 
     // A vaultfs process of that user, alive inside vaultfs (reading a secret from stdin),
     // next to a plain process of the same user.
-    let mut writer = spawn_as(user_name, &env, &[bin, "write", "mine:/x"]);
+    let mut writer = spawn_as(user_name, &env, &[bin, "write", "--allow-empty", "mine:/x"]);
     let mut sleeper = spawn_as(user_name, &[], &["sleep", "30"]);
     std::thread::sleep(Duration::from_millis(300));
     let peek = |pid: u32, what: &str| {

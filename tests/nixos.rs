@@ -72,14 +72,11 @@ fn in_path(tool: &str) -> Option<PathBuf> {
 
 /// Whether a test can go on: `what` is there. Under CI=true its absence is a failure.
 fn available(ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} is required (CI=true)");
-    }
-    eprintln!("skipped: {what} is not available");
-    false
+    crate::common::requirement(
+        ok,
+        what.split(' ').next().unwrap_or(what),
+        &format!("{what} is not available"),
+    )
 }
 
 fn have(tool: &str, package: &str) -> bool {

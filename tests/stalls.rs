@@ -349,7 +349,7 @@ fn a_removed_vault_is_served_as_an_empty_tree_and_logged_once() {
     let log = ts.path("daemon.log");
     let _m = mount_logged(&ts, "nix", &mnt, &log);
     assert_eq!(std::fs::read(mnt.join("tok")).unwrap(), b"t1");
-    ts.ok(&["vault", "remove", "nix", "--force"]);
+    ts.ok(&["vault", "remove", "nix", "--force", "--yes"]);
     let dir = mnt.clone();
     wait_until(Duration::from_secs(5), "the tree to empty", move || {
         std::fs::read_dir(&dir).unwrap().count() == 0

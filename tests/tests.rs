@@ -24,3 +24,5 @@ mod templates;
 mod clients;
 // The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.
 mod nixos;
+// The README's CLI tour, run as written.
+mod readme_tour;

@@ -24,10 +24,18 @@ fn show_line<T: std::fmt::Display>(label: &str, addr: &Address, v: &Inherited<T>
     );
 }
 
+/// An empty user or group name would be stored and then resolve to nobody on every host.
+pub fn reject_empty(flag: &str, value: Option<&str>) -> Result<()> {
+    if value.is_some_and(|v| v.trim().is_empty()) {
+        crate::exit::usage!("{flag} is empty: give a user or group name (or leave the option out to keep the current one)");
+    }
+    Ok(())
+}
+
 /// `acl ...`.
 pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
     match cmd {
-        AclCommand::Show { address } => {
+        AclCommand::Show { address, json } => {
             let addr = Address::parse(address)?;
             let store = credentials::open_store(cli)?;
             let acl = store.effective_acl(&addr)?;
@@ -35,6 +43,18 @@ pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
                 Some(l) => l.entry.is_dir(),
                 None => true,
             };
+            if *json {
+                let field = |value: String, from: &AclSource| serde_json::json!({ "value": value, "from": source(&addr, from) });
+                output::print_json(&serde_json::json!({
+                    "address": addr.to_string(),
+                    "kind": if is_dir { "dir" } else { "secret" },
+                    "owner": field(acl.owner.value.clone(), &acl.owner.source),
+                    "group": field(acl.group.value.clone(), &acl.group.source),
+                    "mode": field(format!("{:04o}", acl.mode.value), &acl.mode.source),
+                    "shown": output::mode_string(projected_mode(acl.mode.value, is_dir), is_dir),
+                }));
+                return Ok(());
+            }
             println!("{addr}");
             show_line("owner", &addr, &acl.owner);
             show_line("group", &addr, &acl.group);
@@ -60,6 +80,8 @@ pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
             mode,
         } => {
             let addr = Address::parse(address)?;
+            reject_empty("--owner", owner.as_deref())?;
+            reject_empty("--group", group.as_deref())?;
             let change = AclOverride {
                 owner: owner.clone(),
                 group: group.clone(),

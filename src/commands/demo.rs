@@ -33,31 +33,114 @@ fn new_demo_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn show(cmd: &mut Command) -> Result<()> {
-    let printable: Vec<String> = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    println!("$ {}", printable.join(" "));
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {}", printable[0]))?;
-    anyhow::ensure!(
-        status.success(),
-        "{} failed ({status})",
-        printable.join(" ")
-    );
+/// Quotes `word` for a POSIX shell when it needs it, so printed lines paste as they are.
+fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=@%+-,".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn q(path: &Path) -> String {
+    quote(&path.to_string_lossy())
+}
+
+/// How the transcript spells this binary: `vaultfs` when that is what PATH finds, else its
+/// full path (e.g. under `cargo run`), so every printed line runs as it is.
+fn vaultfs_word(exe: &Path) -> String {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("vaultfs"))
+            .find(|p| p.is_file())
+    });
+    match on_path.and_then(|p| p.canonicalize().ok()) {
+        Some(found) if exe.canonicalize().is_ok_and(|e| e == found) => "vaultfs".to_owned(),
+        _ => q(exe),
+    }
+}
+
+/// Prints `line`, runs it with `sh -c` (so what is printed is exactly what runs), and prints
+/// its output indented under it.
+fn run_line(line: &str, env: &[(&str, &Path)]) -> Result<()> {
+    println!("{line}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run sh")?;
+    for text in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("{}", format!("    {text}").trim_end());
+    }
+    anyhow::ensure!(out.status.success(), "`{line}` failed ({})", out.status);
     Ok(())
+}
+
+/// What to remove when the demo ends without `--keep`, even when it fails half-way.
+struct Cleanup {
+    dir: PathBuf,
+    /// Whether the demo made `dir` (then all of it goes), or only the files in it.
+    made_dir: bool,
+    mountpoint: PathBuf,
+    /// Names of [`DEMO_FILES`] that were there before: never the demo's to remove.
+    existed: Vec<&'static str>,
+    armed: bool,
+}
+
+/// What the demo creates in its directory.
+const DEMO_FILES: [&str; 5] = ["key", "store.db", "store.db-wal", "store.db-shm", "mnt"];
+
+impl Cleanup {
+    fn run(&mut self) -> Result<()> {
+        self.armed = false;
+        if vaultfs_fs::is_vaultfs_mount(&self.mountpoint).unwrap_or(false) {
+            crate::commands::mount::umount(&self.mountpoint)?;
+        }
+        if self.made_dir {
+            std::fs::remove_dir_all(&self.dir)
+        } else {
+            for name in DEMO_FILES {
+                let path = self.dir.join(name);
+                if self.existed.contains(&name) {
+                    continue;
+                }
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+            Ok(())
+        }
+        .with_context(|| format!("cannot remove {}", self.dir.display()))
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.run() {
+                eprintln!("vaultfs: demo: {e:#}");
+            }
+        }
+    }
 }
 
 /// Runs the demo in `dir` (a new temp dir by default).
 pub fn demo(dir: Option<&Path>, keep: bool) -> Result<()> {
-    let dir = match dir {
+    let (dir, made_dir) = match dir {
         Some(d) => {
+            let existed = d.exists();
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-            std::path::absolute(d)?
+            (std::path::absolute(d)?, !existed)
         }
-        None => new_demo_dir()?,
+        None => (new_demo_dir()?, true),
     };
     let key_path = dir.join("key");
     let store_path = dir.join("store.db");
@@ -67,12 +150,24 @@ pub fn demo(dir: Option<&Path>, keep: bool) -> Result<()> {
         "{} already holds a demo store; pick another --dir",
         dir.display()
     );
+    let mut cleanup = Cleanup {
+        dir: dir.clone(),
+        made_dir,
+        mountpoint: mountpoint.clone(),
+        existed: DEMO_FILES
+            .into_iter()
+            .filter(|name| dir.join(name).symlink_metadata().is_ok())
+            .collect(),
+        armed: !keep,
+    };
     crate::commands::keys::keygen(&key_path)?;
     let key = std::fs::read(&key_path).context("cannot read the demo key")?;
     let cred = Credential::KeyFile(SecretBytes::new(key));
     let mut store = Store::create(&store_path, &cred, KdfParams::default())?;
-    // SAFETY: geteuid/getegid have no preconditions.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     let owner = vaultfs_fs::nss::user_name(uid).unwrap_or_else(|| uid.to_string());
     let group = vaultfs_fs::nss::group_name(gid).unwrap_or_else(|| gid.to_string());
     store.create_vault(
@@ -96,51 +191,41 @@ pub fn demo(dir: Option<&Path>, keep: bool) -> Result<()> {
         },
     )?;
     drop(store);
-    println!("demo store {} with vault `demo`", store_path.display());
 
     let exe = std::env::current_exe().context("cannot find the vaultfs binary")?;
-    let vaultfs = || {
-        let mut c = Command::new(&exe);
-        c.arg("--store")
-            .arg(&store_path)
-            .arg("--key-file")
-            .arg(&key_path);
-        c
-    };
-    show(vaultfs().arg("mount").arg("demo").arg(&mountpoint))?;
-    let explore = (|| -> Result<()> {
-        show(Command::new("ls").arg("-lR").arg(&mountpoint))?;
-        show(Command::new("cat").arg(mountpoint.join("nix-tokens")))?;
-        show(vaultfs().arg("acl").arg("show").arg("demo:/db/password"))?;
-        println!("$ printf 'rotated\\n' | vaultfs write demo:/db/password");
-        let mut write = vaultfs()
-            .arg("write")
-            .arg("demo:/db/password")
-            .stdin(std::process::Stdio::piped())
-            .spawn()?;
-        use std::io::Write;
-        write
-            .stdin
-            .take()
-            .context("no stdin")?
-            .write_all(b"rotated\n")?;
-        anyhow::ensure!(write.wait()?.success(), "vaultfs write failed");
-        show(Command::new("cat").arg(mountpoint.join("db/password")))?;
-        Ok(())
-    })();
-    if keep && explore.is_ok() {
-        println!(
-            "\nThe demo stays mounted at {m}. Try:\n  ls -l {m}\n  vaultfs --store {s} --key-file {k} ls -l demo\n  printf new | vaultfs --store {s} --key-file {k} write demo:/nix-tokens; cat {m}/nix-tokens\nUnmount with:\n  vaultfs umount {m}",
-            m = mountpoint.display(),
-            s = store_path.display(),
-            k = key_path.display()
-        );
+    let vaultfs = vaultfs_word(&exe);
+    let (m, s, k) = (q(&mountpoint), q(&store_path), q(&key_path));
+    let env = [
+        ("VAULTFS_STORE", store_path.as_path()),
+        ("VAULTFS_KEY_FILE", key_path.as_path()),
+    ];
+    println!(
+        "# a throwaway store with sample secrets in vault `demo`; every line below runs as printed"
+    );
+    println!("export VAULTFS_STORE={s} VAULTFS_KEY_FILE={k}");
+    run_line(&format!("{vaultfs} mount demo {m}"), &env)?;
+    run_line(&format!("ls -lR {m}"), &env)?;
+    run_line(&format!("cat {m}/nix-tokens"), &env)?;
+    run_line(&format!("{vaultfs} acl show demo:/db/password"), &env)?;
+    run_line(
+        &format!("printf 'rotated\\n' | {vaultfs} write demo:/db/password"),
+        &env,
+    )?;
+    run_line(&format!("cat {m}/db/password"), &env)?;
+    if keep {
+        println!("# the demo stays mounted at {m}; explore it:");
+        println!("ls -l {m}; {vaultfs} ls -l demo");
+        println!("# clean up:");
+        println!("{vaultfs} umount {m}");
+        if made_dir {
+            println!("rm -r {}", q(&dir));
+        } else {
+            println!("rm -r {m} {k} {s}");
+        }
         return Ok(());
     }
-    let unmounted = show(vaultfs().arg("umount").arg(&mountpoint));
-    explore?;
-    unmounted?;
-    std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
-    println!("unmounted and removed {}", dir.display());
+    println!("{vaultfs} umount {m}");
+    cleanup.run()?;
+    println!("# unmounted and removed {}", q(&dir));
     Ok(())
 }

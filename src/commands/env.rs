@@ -50,6 +50,12 @@ fn collect(store: &Store, spec: &str, out: &mut Vec<(String, SecretBytes)>) -> R
     if var.is_some() {
         usage!("{addr} is a directory: its secrets are exported under their own names, so =VAR does not apply");
     }
+    for item in listing.iter().filter(|l| l.entry.is_dir()) {
+        eprintln!(
+            "vaultfs: env: skipped {}:{}/ (a directory; name it to export what is in it)",
+            addr.vault, item.path
+        );
+    }
     for item in listing.iter().filter(|l| !l.entry.is_dir()) {
         let child = Address {
             vault: addr.vault.clone(),
@@ -61,12 +67,25 @@ fn collect(store: &Store, spec: &str, out: &mut Vec<(String, SecretBytes)>) -> R
     Ok(())
 }
 
+/// Drops one trailing newline, as a shell's `$(...)` does (it drops them all; one is what
+/// `printf '%s\n' ... | vaultfs write` adds). Only `env` does this: a variable is text, while
+/// `cat`, mounts and `import` serve bytes exactly.
+fn strip_newline(value: &mut SecretBytes) {
+    let v = value.expose_mut();
+    if v.last() == Some(&b'\n') {
+        v.pop();
+    }
+}
+
 /// Reads every secret, then execs `command` with them in its environment.
-pub fn env(cli: &Cli, specs: &[String], command: &[String]) -> Result<()> {
+pub fn env(cli: &Cli, specs: &[String], raw: bool, command: &[String]) -> Result<()> {
     let store = credentials::open_store(cli)?;
     let mut vars = Vec::new();
     for spec in specs {
         collect(&store, spec, &mut vars)?;
+    }
+    if !raw {
+        vars.iter_mut().for_each(|(_, v)| strip_newline(v));
     }
     drop(store);
     let (program, args) = command.split_first().expect("clap requires a command");

@@ -75,20 +75,41 @@ pub fn init(cli: &Cli, args: KdfArgs) -> Result<()> {
 pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
     let mut store = credentials::open_store(cli)?;
     match cmd {
-        KeyCommand::List => {
-            println!("{:<4} {:<11} {:<20} ADDED", "ID", "KIND", "KDF");
-            for slot in store.key_slots()? {
+        KeyCommand::List { json } => {
+            let slots = store.key_slots()?;
+            if *json {
+                let items = slots
+                    .iter()
+                    .map(|slot| {
+                        serde_json::json!({
+                            "id": slot.id,
+                            "kind": slot.kind,
+                            "kdf": slot.kdf.map(|k| serde_json::json!({
+                                "algorithm": "argon2id",
+                                "memory_mib": k.memory_kib / 1024,
+                                "iterations": k.iterations,
+                            })),
+                            "added": crate::output::format_time(slot.created_ns),
+                        })
+                    })
+                    .collect();
+                crate::output::print_json(&serde_json::Value::Array(items));
+                return Ok(());
+            }
+            let mut table =
+                crate::output::Table::new(&["ID", "KIND", "KDF", "ADDED (UTC)"]).right(0);
+            for slot in &slots {
                 let kdf = slot.kdf.map_or("-".to_owned(), |k| {
                     format!("argon2id m={}MiB t={}", k.memory_kib / 1024, k.iterations)
                 });
-                println!(
-                    "{:<4} {:<11} {:<20} {}",
-                    slot.id,
-                    slot.kind,
+                table.row(vec![
+                    slot.id.to_string(),
+                    slot.kind.clone(),
                     kdf,
-                    crate::output::format_time(slot.created_ns)
-                );
+                    crate::output::format_time(slot.created_ns),
+                ]);
             }
+            table.print();
         }
         KeyCommand::Add {
             new_key_file,
@@ -98,7 +119,9 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             let cred: Credential = match (new_key_file, new_passphrase_file) {
                 (Some(f), _) => credentials::key_file(f)?,
                 (None, Some(f)) => credentials::passphrase_file(f)?,
-                (None, None) => credentials::new_passphrase()?,
+                (None, None) => {
+                    crate::tty::new_passphrase("--new-key-file or --new-passphrase-file")?
+                }
             };
             let id = store.add_key_slot(&cred, kdf(*k)?)?;
             eprintln!("added key slot {id}");

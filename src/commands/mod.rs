@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod demo;
+pub mod docs;
 pub mod env;
 pub mod keys;
 pub mod mount;

@@ -1,7 +1,5 @@
 //! `mount` and `umount`.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -12,9 +10,13 @@ use crate::cli::Cli;
 use crate::credentials;
 use crate::daemon::{self, MountSpec, Readiness};
 
-/// `path` made absolute against the current directory, which the daemon leaves.
+/// `path` made absolute against the current directory, which the daemon leaves. A trailing
+/// slash is dropped: `mount nix:/tok /run/keys/tok/` means the path `/run/keys/tok`, which
+/// the kernel would otherwise only accept as a directory (EISDIR for a one-secret mount).
 pub fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("{}: cannot make absolute", path.display()))
+    let abs = std::path::absolute(path)
+        .with_context(|| format!("{}: cannot make absolute", path.display()))?;
+    Ok(abs.components().collect())
 }
 
 /// Mounts `source` at `mountpoint`; without `foreground`, returns once the mount is ready and
@@ -50,7 +52,7 @@ pub fn mount(
     match daemon::serve(&store_path, cred, &[spec], readiness, log_file) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // The parent has printed the error already.
-        Err(e) if daemonized => Ok(crate::exit::code_for(&e)),
+        Err(e) if daemonized => Ok(crate::exit::Exit::of(&e).into()),
         Err(e) => Err(e),
     }
 }
@@ -61,8 +63,7 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
     if !vaultfs_fs::is_vaultfs_mount(&path).context("cannot read /proc/self/mountinfo")? {
         crate::exit::usage!("{}: not a vaultfs mount", path.display());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         let status = std::process::Command::new("fusermount3")
             .arg("-u")
             .arg("-z")
@@ -76,20 +77,19 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    let c = CString::new(path.as_os_str().as_bytes()).context("path holds a NUL byte")?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
+    match nix::mount::umount2(&path, nix::mount::MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => {
+            // Files are open: detach now; the daemon exits when the last one closes.
+            vaultfs_fs::detach(&path)
+                .with_context(|| format!("cannot detach {}", path.display()))?;
+            eprintln!(
+                "vaultfs: {} is busy; detached it (the daemon exits when its last file closes)",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(errno) => Err(std::io::Error::from(errno))
+            .with_context(|| format!("cannot unmount {}", path.display())),
     }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EBUSY) {
-        // Files are open: detach now; the daemon exits when the last one closes.
-        vaultfs_fs::detach(&path).with_context(|| format!("cannot detach {}", path.display()))?;
-        eprintln!(
-            "vaultfs: {} is busy; detached it (the daemon exits when its last file closes)",
-            path.display()
-        );
-        return Ok(());
-    }
-    Err(err).with_context(|| format!("cannot unmount {}", path.display()))
 }

@@ -10,18 +10,25 @@ use crate::cli::Cli;
 use crate::credentials;
 use crate::output;
 
-/// Stores stdin as the secret at `address`.
-pub fn write(cli: &Cli, address: &str) -> Result<()> {
+/// Stores stdin as the secret at `address`. Empty input is refused unless `allow_empty`:
+/// `false | vaultfs write` or an early Ctrl-D would otherwise replace a secret with nothing.
+pub fn write(cli: &Cli, address: &str, allow_empty: bool) -> Result<()> {
     let addr = Address::parse_entry(address)?;
     let mut store = credentials::open_store(cli)?;
+    // Echo goes off before the prompt shows, so nothing typed after it is echoed.
+    let echo_off = crate::tty::EchoOff::stdin();
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprintln!("vaultfs: type the secret for {addr}, then Ctrl-D (it is stored byte for byte)");
+        eprintln!("vaultfs: type the secret for {addr} (not echoed), then Ctrl-D (it is stored byte for byte)");
     }
     let value = credentials::read_secret(std::io::stdin().lock(), MAX_SECRET_SIZE as u64)
         .context("reading the secret from stdin")?
         .ok_or_else(|| {
             anyhow::anyhow!("{addr}: the secret on stdin is larger than {MAX_SECRET_SIZE} bytes")
         })?;
+    drop(echo_off);
+    if value.is_empty() && !allow_empty {
+        crate::exit::usage!("{addr}: the input is empty; nothing was written (pass --allow-empty to store an empty secret)");
+    }
     store.write(&addr, value.expose())?;
     Ok(())
 }
@@ -97,23 +104,27 @@ pub fn cat(cli: &Cli, address: &str) -> Result<()> {
     }
 }
 
-/// Lists a vault or directory.
-pub fn ls(cli: &Cli, address: &str, long: bool) -> Result<()> {
+/// Lists a vault or directory: names, a long table (`-l`), or JSON.
+pub fn ls(cli: &Cli, address: &str, long: bool, json: bool) -> Result<()> {
     let addr = Address::parse(address)?;
     let store = credentials::open_store(cli)?;
     let listing = store.list(&addr)?;
-    let mut out = std::io::stdout().lock();
-    for item in &listing {
-        let line = if long {
-            output::long_line(item)
-        } else if item.entry.is_dir() {
-            format!("{}/", item.entry.name)
-        } else {
-            item.entry.name.clone()
-        };
-        if writeln!(out, "{line}").is_err() {
-            break;
-        }
+    if json {
+        let items = listing
+            .iter()
+            .map(|item| output::listing_json(&addr.vault, item))
+            .collect();
+        output::print_json(&serde_json::Value::Array(items));
+    } else if long {
+        let mut table =
+            output::Table::new(&["MODE", "OWNER", "GROUP", "SIZE", "MODIFIED (UTC)", "NAME"])
+                .right(3);
+        listing
+            .iter()
+            .for_each(|item| table.row(output::long_row(item)));
+        table.print();
+    } else {
+        output::print_lines(listing.iter().map(output::shown_name));
     }
     Ok(())
 }

@@ -101,3 +101,40 @@ fn refuses_unusable_secrets_with_one_line() {
     let line = ts.fails(&["env", "v:/d=VAR", "--", "true"], USAGE_OR_AUTH);
     assert!(line.contains("is a directory"), "{line}");
 }
+
+#[test]
+fn one_trailing_newline_is_dropped_unless_raw() {
+    let ts = TestStore::new();
+    ts.vault("v", &[]);
+    // What the README shows: `printf '...\n' | vaultfs write`.
+    ts.write("v:/TOKEN", b"ghp_x\n");
+    ts.write("v:/TWO", b"a\n\n");
+    ts.write("v:/NONE", b"plain");
+    let script = r#"printf '[%s][%s][%s]' "$TOKEN" "$TWO" "$NONE""#;
+    // Brackets show exactly where each value ends.
+    let out = env_sh(&ts, &["v:/TOKEN", "v:/TWO", "v:/NONE"], script);
+    assert_success(&out, &["env (default)"]);
+    assert_eq!(out.stdout, b"[ghp_x][a\n][plain]");
+    let mut args = vec!["env", "--raw", "v:/TOKEN", "v:/TWO", "v:/NONE"];
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    let out = ts.run(&args, b"");
+    assert_success(&out, &args);
+    assert_eq!(out.stdout, b"[ghp_x\n][a\n\n][plain]");
+    // `cat` serves the bytes exactly.
+    assert_eq!(ts.cat("v:/TOKEN"), b"ghp_x\n");
+}
+
+#[test]
+fn a_directory_export_says_which_subdirectories_it_skipped() {
+    let ts = TestStore::new();
+    ts.vault("v", &[]);
+    ts.write("v:/app/A", b"alpha");
+    ts.write("v:/app/sub/C", b"nested");
+    ts.write("v:/app/deeper/D", b"nested too");
+    let out = env_sh(&ts, &["v:/app"], r#"printf '%s|%s' "$A" "${C-unset}""#);
+    assert_success(&out, &["env v:/app"]);
+    assert_eq!(out.stdout, b"alpha|unset");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("skipped v:/app/sub/"), "{err}");
+    assert!(err.contains("skipped v:/app/deeper/"), "{err}");
+}

@@ -250,7 +250,7 @@ fn vault_row_is_refused() {
     t.refused(&["cat", "v:/a"], "vault \"v\"");
     t.refused(&["ls", "v"], "vault \"v\"");
     t.refused(&["acl", "show", "v"], "vault \"v\"");
-    t.refused(&["write", "v:/c"], "vault \"v\"");
+    t.refused(&["write", "--allow-empty", "v:/c"], "vault \"v\"");
     t.refused(&["vault", "list"], &format!("vault row #{v}"));
     assert_eq!(t.ts.cat("w:/a"), b"w's value", "the other vault");
 }

@@ -18,22 +18,68 @@ pub fn vaultfs_bin() -> PathBuf {
 
 /// Whether the tests run as root (mounts and `allow_other` need it).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
-/// Whether `name` is an executable on `PATH`. A missing tool skips the calling test with a line
-/// on stderr, except in CI (`CI=true`), where `.ci/run` installs every tool and a missing one is
-/// a broken machine, not a reason to pass silently.
+/// Whether `name` is an executable on `PATH`; see [`requirement`] for what happens when not.
 pub fn require_tool(name: &str) -> bool {
-    if on_path(name) {
+    requirement(on_path(name), name, &format!("{name:?} is not on PATH"))
+}
+
+/// Whether a test can go on. A test that cannot run never passes quietly: an unmet
+/// requirement fails it with a line saying what is missing, unless the user opted out with
+/// `VAULTFS_TEST_SKIP=KIND[,KIND...]` (or `all`), e.g. `VAULTFS_TEST_SKIP=root,nix` on a laptop.
+/// Then the test is listed as skipped on stderr at once and again at the end of the run. CI
+/// (`CI=true`) never skips: `.ci/run` installs every tool.
+pub fn requirement(met: bool, kind: &str, missing: &str) -> bool {
+    if met {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("required tool {name:?} is not on PATH (CI=true, so this is an error, not a skip; .ci/run should install it)");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let opted_out = std::env::var("VAULTFS_TEST_SKIP").is_ok_and(|list| {
+        list.split(',')
+            .any(|k| k.trim() == kind || k.trim() == "all")
+    });
+    if ci || !opted_out {
+        panic!(
+            "{missing}; {}",
+            if ci {
+                "CI=true never skips (.ci/run installs every tool)".to_owned()
+            } else {
+                format!("install it, or set VAULTFS_TEST_SKIP={kind} to skip the tests that need it (the run lists them)")
+            }
+        );
     }
-    eprintln!("skipping: {name:?} is not on PATH");
+    record_skip(&format!("{missing} (VAULTFS_TEST_SKIP={kind})"));
     false
+}
+
+/// Skipped tests, printed again when the test binary exits.
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn record_skip(why: &str) {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    // Written to the stderr handle, not through eprintln!, which the test harness captures
+    // and only shows for failing tests.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    let mut list = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    if list.is_empty() {
+        extern "C" fn summary() {
+            let list = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+            let mut err = std::io::stderr();
+            let _ = writeln!(
+                err,
+                "\nSKIPPED {} test(s) (VAULTFS_TEST_SKIP is set; this run does not cover them):",
+                list.len()
+            );
+            for line in list.iter() {
+                let _ = writeln!(err, "  {line}");
+            }
+        }
+        // SAFETY: summary is a plain extern "C" fn that outlives the process.
+        unsafe { libc::atexit(summary) };
+    }
+    list.push(format!("{test}: {why}"));
 }
 
 fn on_path(name: &str) -> bool {
@@ -204,8 +250,14 @@ impl TestStore {
 
     /// Stores `value` at `addr` with `vaultfs write`.
     pub fn write(&self, addr: &str, value: &[u8]) {
-        let out = self.run(&["write", addr], value);
-        assert_success(&out, &["write", addr]);
+        // Empty input is refused unless asked for explicitly.
+        let args: &[&str] = if value.is_empty() {
+            &["write", "--allow-empty", addr]
+        } else {
+            &["write", addr]
+        };
+        let out = self.run(args, value);
+        assert_success(&out, args);
     }
 
     /// `vaultfs cat ADDR`, asserting success.
@@ -296,4 +348,121 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A process whose stdin, stdout, stderr and controlling terminal are a pseudo-terminal, for
+/// testing what a user at a terminal sees (echo, prompts, Ctrl-D).
+pub struct OnPty {
+    /// The terminal side the test types into and reads from.
+    master: std::fs::File,
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OnPty {
+    /// Starts `cmd` (not yet spawned) on a new pseudo-terminal, in a new session whose
+    /// controlling terminal it is (so `/dev/tty` opens, as for a user at a shell).
+    pub fn spawn(mut cmd: Command) -> OnPty {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let slave: OwnedFd = pty.slave;
+        let master = std::fs::File::from(pty.master);
+        let slave_fd = slave.as_raw_fd();
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: setsid and ioctl are async-signal-safe and touch no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                if libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        drop(slave);
+        // The command holds copies of the slave: dropped here, the child is the last holder and
+        // the reader sees EIO once it exits.
+        drop(cmd);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut from = master.try_clone().expect("dup the pty master");
+        let sink = seen.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        OnPty {
+            master,
+            child,
+            seen,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything the terminal showed so far.
+    pub fn seen(&self) -> Vec<u8> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 10 s, else the test fails) until the terminal shows `text`.
+    pub fn expect(&self, text: &str) {
+        let start = std::time::Instant::now();
+        while !contains(&self.seen(), text.as_bytes()) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "the terminal never showed {text:?}; it showed {:?}",
+                String::from_utf8_lossy(&self.seen())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the terminal echoes what is typed now (its settings, as the shell would find
+    /// them).
+    pub fn echoes(&self) -> bool {
+        let attrs = nix::sys::termios::tcgetattr(&self.master).expect("tcgetattr");
+        attrs
+            .local_flags
+            .contains(nix::sys::termios::LocalFlags::ECHO)
+    }
+
+    /// Types `bytes` as a user would.
+    pub fn type_in(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).expect("write to the pty");
+    }
+
+    /// Waits (at most 10 s, else kills it and fails) for the process; returns its exit code and
+    /// everything the terminal showed.
+    pub fn finish(&mut self) -> (i32, Vec<u8>) {
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = self.child.kill();
+                panic!(
+                    "the process on the terminal hangs; it showed {:?}",
+                    String::from_utf8_lossy(&self.seen())
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let code = status.code().unwrap_or(-1);
+        (code, self.seen())
+    }
 }
