@@ -22,6 +22,9 @@ pub struct Cli {
     /// Unlock with the passphrase in this file (first line); without either option, a passphrase is asked on the terminal
     #[arg(long, global = true, value_name = "PATH")]
     pub passphrase_file: Option<PathBuf>,
+    /// Accept a store older than one this host has seen (after restoring a backup on purpose)
+    #[arg(long, global = true)]
+    pub allow_rollback: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -208,6 +211,9 @@ pub enum KeyCommand {
         /// A file holding the new passphrase
         #[arg(long, value_name = "PATH")]
         new_passphrase_file: Option<PathBuf>,
+        /// A name for the slot, shown by `key list`
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
         #[command(flatten)]
         kdf: KdfArgs,
     },

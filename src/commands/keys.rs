@@ -93,6 +93,7 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
         KeyCommand::Add {
             new_key_file,
             new_passphrase_file,
+            label,
             kdf: k,
         } => {
             let cred: Credential = match (new_key_file, new_passphrase_file) {
@@ -100,7 +101,7 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                 (None, Some(f)) => credentials::passphrase_file(f)?,
                 (None, None) => credentials::new_passphrase()?,
             };
-            let id = store.add_key_slot(&cred, kdf(*k)?)?;
+            let id = store.add_key_slot(&cred, kdf(*k)?, label.as_deref())?;
             eprintln!("added key slot {id}");
         }
         KeyCommand::Remove { id } => {

@@ -27,12 +27,15 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod head;
 mod keyslot;
 mod reader;
 mod records;
 mod rows;
 mod secret;
 mod store;
+mod sys;
+mod value;
 
 pub use acl::{
     parse_mode, projected_mode, AclOverride, AclSource, EffectiveAcl, Inherited, VaultAcl,
@@ -41,9 +44,11 @@ pub use acl::{
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
 pub use entries::Listing;
 pub use error::{Result, StoreError};
+pub use head::default_state_dir;
 pub use keyslot::{Credential, KdfParams, SlotInfo, MIN_KEY_FILE_LEN};
 pub use reader::{Changes, Snapshot, VaultReader};
 pub use records::EntryKind;
 pub use rows::{Entry, MAX_SECRET_SIZE, ROOT_PARENT};
 pub use secret::{Key, SecretBytes};
-pub use store::{Store, VaultInfo};
+pub use store::{OpenOptions, Store, VaultInfo};
+pub use value::SealedValue;
