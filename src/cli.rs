@@ -46,6 +46,9 @@ pub enum Command {
         #[command(flatten)]
         kdf: KdfArgs,
     },
+    /// Upgrade a store made by an older vaultfs to this version's format (one transaction)
+    #[command(after_help = "Example:\n  vaultfs --key-file /etc/vaultfs/key migrate")]
+    Migrate,
     /// Manage key slots (credentials that unlock the store)
     #[command(
         subcommand,

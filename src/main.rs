@@ -42,6 +42,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Umount { mountpoint } => mount::umount(mountpoint),
         Command::Serve { config, check } => serve::serve(cli, config, *check),
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
+        Command::Migrate => commands::migrate::migrate(cli),
     };
     done.map(|()| ExitCode::SUCCESS)
 }

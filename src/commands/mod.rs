@@ -4,6 +4,7 @@ pub mod acl;
 pub mod demo;
 pub mod env;
 pub mod keys;
+pub mod migrate;
 pub mod mount;
 pub mod secrets;
 pub mod serve;

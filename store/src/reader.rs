@@ -118,7 +118,7 @@ impl VaultReader {
             self.vault.info.id,
         )?
         .ok_or_else(|| StoreError::NoSuchVault(self.vault.info.name.clone()))?;
-        let seen = self.seen.fetch_max(seq, Ordering::AcqRel);
+        let seen = self.seen.load(Ordering::Acquire);
         if seq < seen {
             return Err(StoreError::Rollback {
                 path: self.path.clone(),
@@ -126,6 +126,23 @@ impl VaultReader {
                 seen,
             });
         }
+        // A row or tombstone newer than the head was not written by a commit (each commit moves
+        // the head): someone put an older head back to freeze this reader's view.
+        let newest: i64 = conn
+            .prepare_cached(
+                "SELECT max(coalesce((SELECT max(seq) FROM entries WHERE vault_id = ?1), 0),
+                            coalesce((SELECT max(seq) FROM deleted WHERE vault_id = ?1), 0))",
+            )?
+            .query_row([self.vault.info.id], |r| r.get(0))?;
+        if newest > seq {
+            return Err(StoreError::Tampered {
+                what: format!(
+                    "the store head (vault {:?} has rows newer than it)",
+                    self.vault.info.name
+                ),
+            });
+        }
+        self.seen.fetch_max(seq, Ordering::AcqRel);
         Ok(seq)
     }
 
@@ -133,7 +150,13 @@ impl VaultReader {
     /// cheap enough for every open. A forged counter is [`StoreError::Tampered`], one older
     /// than a head already seen is [`StoreError::Rollback`].
     pub fn generation(&self) -> Result<i64> {
-        self.with_conn(|c| self.head(c))
+        self.with_conn(|c| {
+            // One read transaction, so the head and the newest row come from one snapshot.
+            let tx = c.unchecked_transaction()?;
+            let head = self.head(&tx)?;
+            tx.finish()?;
+            Ok(head)
+        })
     }
 
     fn vault_row(
@@ -396,14 +419,20 @@ mod tests {
         let db = Connection::open(&path).unwrap();
         db.execute_batch("UPDATE entries SET seq = seq + 100 WHERE vault_id = 1")
             .unwrap();
-        let changes = reader
+        let err = reader.generation().unwrap_err();
+        assert!(
+            err.is_tamper() && err.to_string().contains("rows newer"),
+            "{err}"
+        );
+        assert!(reader
             .changes_since(snap.generation, snap.vault.version)
-            .unwrap();
-        assert!(changes.upserts.is_empty());
-        assert_eq!(changes.damaged.len(), 1);
-        assert!(changes.damaged[0]
-            .1
-            .to_string()
-            .contains("after the store head"));
+            .unwrap_err()
+            .is_tamper());
+        // Where only the rows are read (no head check first), they are reported, not applied.
+        let tx = Connection::open(&path).unwrap();
+        let (good, bad) =
+            rows::changed_since(&tx, &reader.store_id, &reader.vault, 0, snap.generation).unwrap();
+        assert!(good.is_empty());
+        assert!(bad[0].1.to_string().contains("after the store head"));
     }
 }

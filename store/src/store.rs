@@ -432,7 +432,12 @@ impl Store {
     }
 }
 
-fn unlock(conn: &Connection, path: &Path, store_id: &[u8; 16], cred: &Credential) -> Result<Key> {
+pub(crate) fn unlock(
+    conn: &Connection,
+    path: &Path,
+    store_id: &[u8; 16],
+    cred: &Credential,
+) -> Result<Key> {
     let mut stmt = conn
         .prepare("SELECT kind, params, wrapped FROM key_slots ORDER BY id")
         .map_err(|e| StoreError::from_sqlite(path, e))?;
@@ -525,7 +530,17 @@ pub(crate) fn open_vault_record(
 }
 
 impl Keys {
-    fn new(path: &Path, store_id: [u8; 16], master: Key) -> Keys {
+    /// The master key, for migration's format-1 rows.
+    pub(crate) fn master(&self) -> &Key {
+        &self.master
+    }
+
+    /// The master-derived head key.
+    pub(crate) fn head_key(&self) -> &Key {
+        &self.head_key
+    }
+
+    pub(crate) fn new(path: &Path, store_id: [u8; 16], master: Key) -> Keys {
         Keys {
             path: path.to_owned(),
             store_id,
