@@ -345,3 +345,29 @@ fn a_failed_connection_open_keeps_the_daemons_sqlite_locks() {
         daemon.wait()
     });
 }
+
+#[test]
+fn key_add_takes_a_label_and_refuses_the_same_key_twice() {
+    let ts = TestStore::new();
+    let key = ts.key.to_str().unwrap().to_owned();
+    let line = ts.fails(&["key", "add", "--new-key-file", &key], 1);
+    assert!(line.contains("already unlocks key slot 1"), "{line}");
+    let backup = ts.path("backup.key");
+    let backup = backup.to_str().unwrap();
+    ts.ok(&["keygen", backup]);
+    ts.ok(&[
+        "key",
+        "add",
+        "--new-key-file",
+        backup,
+        "--label",
+        "offsite backup",
+    ]);
+    let line = ts.fails(&["key", "add", "--new-key-file", backup], 1);
+    assert!(line.contains("already unlocks key slot 2"), "{line}");
+    let db = ts.db();
+    let label: Option<String> = db
+        .query_row("SELECT label FROM key_slots WHERE id = 2", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(label.as_deref(), Some("offsite backup"));
+}

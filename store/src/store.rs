@@ -609,3 +609,35 @@ impl Keys {
         Ok(vault)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretBytes;
+
+    fn key_file(byte: u8) -> Credential {
+        Credential::KeyFile(SecretBytes::new(vec![byte; 32]))
+    }
+
+    #[test]
+    fn slots_carry_labels_and_refuse_a_credential_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut store = Store::create(&path, &key_file(1), KdfParams::default()).unwrap();
+        let id = store
+            .add_key_slot(&key_file(2), KdfParams::default(), Some("backup"))
+            .unwrap();
+        let slots = store.key_slots().unwrap();
+        assert_eq!(slots.len(), 2);
+        assert_eq!(slots[0].label, None);
+        assert_eq!(slots[1].id, id);
+        assert_eq!(slots[1].label.as_deref(), Some("backup"));
+        for again in [1, 2] {
+            assert!(matches!(
+                store.add_key_slot(&key_file(again), KdfParams::default(), None),
+                Err(StoreError::DuplicateKey(_))
+            ));
+        }
+        assert_eq!(store.key_slots().unwrap().len(), 2);
+    }
+}
