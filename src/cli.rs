@@ -220,6 +220,17 @@ pub enum KeyCommand {
         #[command(flatten)]
         kdf: KdfArgs,
     },
+    /// Fresh master and vault keys: re-encrypt everything, keep one slot for the key given
+    #[command(
+        after_help = "Removes every other key slot (listed first). Mounts made before must be remounted.\nExample:\n  vaultfs --key-file /etc/vaultfs/key key rotate --yes"
+    )]
+    Rotate {
+        /// Do not ask (required when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
     /// Remove a key slot (never the last one)
     #[command(after_help = "Example:\n  vaultfs key remove 1")]
     Remove {

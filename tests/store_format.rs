@@ -371,3 +371,95 @@ fn key_add_takes_a_label_and_refuses_the_same_key_twice() {
         .unwrap();
     assert_eq!(label.as_deref(), Some("offsite backup"));
 }
+
+/// A copy of `ts`'s store at `name` into which the attacker has put back every key slot of
+/// `backup` (and, with `old_vaults`, the backup's vault rows: its wrapped vault keys).
+fn transplant(ts: &TestStore, backup: &Path, name: &str, old_vaults: bool) -> PathBuf {
+    let copy = ts.path(name);
+    sqlite3(&ts.store, &format!(".backup {}", copy.display()));
+    let db = rusqlite::Connection::open(&copy).unwrap();
+    db.execute("ATTACH ?1 AS old", [backup.to_str().unwrap()])
+        .unwrap();
+    db.execute_batch(
+        "DELETE FROM key_slots;
+         INSERT INTO key_slots (id, kind, params, wrapped, created_ns)
+           SELECT id, kind, params, wrapped, created_ns FROM old.key_slots;",
+    )
+    .unwrap();
+    if old_vaults {
+        db.execute_batch(
+            "DELETE FROM vaults;
+             INSERT INTO vaults SELECT * FROM old.vaults;",
+        )
+        .unwrap();
+    }
+    copy
+}
+
+#[test]
+fn a_removed_key_with_an_old_backup_reads_nothing_written_after_key_rotate() {
+    let ts = TestStore::new();
+    ts.vault("v", &[]);
+    ts.write("v:/s", b"before");
+    let removed = ts.path("removed.key");
+    let removed_s = removed.to_str().unwrap().to_owned();
+    ts.ok(&["keygen", &removed_s]);
+    ts.ok(&["key", "add", "--new-key-file", &removed_s]);
+    let backup = ts.path("backup.db");
+    sqlite3(&ts.store, &format!(".backup {}", backup.display()));
+    let out = ts.run(&["key", "remove", "2"], b"");
+    assert_success(&out, &["key", "remove", "2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vaultfs key rotate"));
+
+    let as_removed = |store: &Path, args: &[&str]| {
+        let mut cmd = ts.cmd_without_key();
+        cmd.env("VAULTFS_STORE", store)
+            .env("VAULTFS_STATE_DIR", ts.path("attacker-state"))
+            .arg("--key-file")
+            .arg(&removed)
+            .args(args);
+        crate::common::run_command(&mut cmd, b"")
+    };
+    // Without a rotation the attack works: the backup's slot unwraps the same master key, which
+    // still unwraps the live store's vault keys, so a value written after the removal leaks.
+    ts.write("v:/s", b"after-remove");
+    let copy = transplant(&ts, &backup, "attack1.db", false);
+    let out = as_removed(&copy, &["cat", "v:/s"]);
+    assert_eq!(
+        out.stdout, b"after-remove",
+        "the control attack failed: {out:?}"
+    );
+
+    // Rotation: not asked on a non-terminal without --yes; then fresh keys, one slot.
+    let line = ts.fails(&["key", "rotate"], 2);
+    assert!(line.contains("--yes"), "{line}");
+    ts.ok(&["key", "rotate", "--yes"]);
+    let secret = b"written-after-rotation";
+    ts.write("v:/s", secret);
+    ts.write("v:/new", secret);
+    assert_eq!(ts.cat("v:/s"), secret);
+    assert_eq!(ts.ok_text(&["ls", "v"]), "new\ns\n");
+
+    for (name, old_vaults) in [("attack2.db", false), ("attack3.db", true)] {
+        let copy = transplant(&ts, &backup, name, old_vaults);
+        for args in [
+            &["cat", "v:/s"][..],
+            &["cat", "v:/new"],
+            &["--allow-rollback", "cat", "v:/s"],
+            &["ls", "v"],
+        ] {
+            let out = as_removed(&copy, args);
+            assert!(
+                !out.status.success(),
+                "{name} {args:?}: the removed key read the store"
+            );
+            assert!(
+                !crate::common::contains(&out.stdout, secret)
+                    && !crate::common::contains(&out.stderr, secret),
+                "{name} {args:?}: the value leaked"
+            );
+        }
+    }
+    // The live store is intact for the key that rotated it.
+    assert_eq!(ts.cat("v:/new"), secret);
+}

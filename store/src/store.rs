@@ -189,6 +189,20 @@ impl Store {
         })
     }
 
+    /// The id of the slot `cred` unlocks, if any.
+    pub(crate) fn matching_slot_id(&self, cred: &Credential) -> Result<Option<i64>> {
+        matching_slot(&self.conn, &self.keys.path, &self.keys.store_id, cred)
+    }
+
+    /// Takes new keys after a rotation committed at head `seq`.
+    pub(crate) fn replace_keys(&mut self, keys: Keys, seq: i64) {
+        self.keys = keys;
+        self.head_seen = seq;
+        if let Some(state) = &self.state {
+            state.save(&self.keys.state_key, &self.keys.store_id, seq);
+        }
+    }
+
     /// The store head (its authenticated change counter) as last verified or committed.
     pub fn head(&self) -> i64 {
         self.head_seen
@@ -551,6 +565,11 @@ impl Keys {
         }
     }
 
+    /// The index tag of a vault name.
+    pub(crate) fn vault_name_tag(&self, name: &str) -> [u8; 32] {
+        crypto::name_tag(&self.vault_tag_key, 0, name)
+    }
+
     fn vault_key_aad(&self, id: i64) -> Vec<u8> {
         crypto::aad("vaultfs vault key v2", &self.store_id, &[id])
     }
@@ -639,5 +658,92 @@ mod tests {
             ));
         }
         assert_eq!(store.key_slots().unwrap().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod rotate_tests {
+    use super::*;
+    use crate::secret::SecretBytes;
+    use crate::Address;
+
+    fn key_file(byte: u8) -> Credential {
+        Credential::KeyFile(SecretBytes::new(vec![byte; 32]))
+    }
+
+    #[test]
+    fn rotation_reseals_everything_and_leaves_one_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut store = Store::create(&path, &key_file(1), KdfParams::default()).unwrap();
+        store
+            .add_key_slot(&key_file(2), KdfParams::default(), None)
+            .unwrap();
+        store
+            .create_vault(
+                "v",
+                VaultAcl {
+                    owner: "root".into(),
+                    group: "root".into(),
+                    mode: 0o400,
+                },
+            )
+            .unwrap();
+        let big: Vec<u8> = (0..200_000).map(|i| i as u8).collect();
+        store
+            .write(&Address::parse("v:/d/big").unwrap(), &big)
+            .unwrap();
+        store.write(&Address::parse("v:/e").unwrap(), b"").unwrap();
+        let before: Vec<Vec<u8>> = store
+            .conn
+            .prepare("SELECT meta FROM entries ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(matches!(
+            store.rotate_keys(&key_file(9), KdfParams::default()),
+            Err(StoreError::WrongKey)
+        ));
+        let done = store
+            .rotate_keys(&key_file(1), KdfParams::default())
+            .unwrap();
+        assert_eq!(done.removed_slots, vec![1, 2]);
+        assert_eq!(done.entries, 3);
+        assert_eq!(
+            store
+                .read(&Address::parse("v:/d/big").unwrap())
+                .unwrap()
+                .expose(),
+            &big[..]
+        );
+        drop(store);
+        let options = OpenOptions {
+            allow_rollback: false,
+            state_dir: None,
+        };
+        assert!(matches!(
+            Store::open_with(&path, &key_file(2), &options),
+            Err(StoreError::WrongKey)
+        ));
+        let store = Store::open_with(&path, &key_file(1), &options).unwrap();
+        assert_eq!(
+            store.read(&Address::parse("v:/e").unwrap()).unwrap().len(),
+            0
+        );
+        assert_eq!(
+            store.list(&Address::parse("v:/d").unwrap()).unwrap().len(),
+            1
+        );
+        let after: Vec<Vec<u8>> = store
+            .conn
+            .prepare("SELECT meta FROM entries ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(before.iter().zip(&after).all(|(a, b)| a != b));
     }
 }
