@@ -110,8 +110,10 @@ pub fn default_state_dir() -> Option<PathBuf> {
 }
 
 /// The state file remembering the highest head seen of one store, MAC'd under a key derived
-/// from the master key so that someone who can write the state directory cannot lower it
-/// without the change being noticed.
+/// from the master key. A file that does not verify counts as absent (and is rewritten): whoever
+/// can write the state directory can delete the file anyway, so the MAC's job is to keep a forged
+/// file from raising the floor (which would lock every process out of the store), and a file
+/// left from before `key rotate` (another master key) from doing the same.
 pub(crate) struct StateFile {
     path: PathBuf,
 }
@@ -132,7 +134,7 @@ impl StateFile {
         ))
     }
 
-    /// The highest head recorded, `None` when there is no file yet.
+    /// The highest head recorded; `None` when there is no file yet, or none that verifies.
     pub(crate) fn load(&self, key: &Key, store_id: &[u8; 16]) -> Result<Option<i64>> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
@@ -144,19 +146,18 @@ impl StateFile {
                 })
             }
         };
-        let bad = || StoreError::Tampered {
-            what: format!("the state file {}", self.path.display()),
-        };
         let mut fields = text.trim_end().rsplitn(3, ' ');
         let (Some(tag), Some(seq), Some(magic)) = (fields.next(), fields.next(), fields.next())
         else {
-            return Err(bad());
+            return Ok(None);
         };
-        let seq: i64 = seq.parse().map_err(|_| bad())?;
+        let Ok(seq) = seq.parse::<i64>() else {
+            return Ok(None);
+        };
         if magic != STATE_MAGIC
             || !crypto::mac_eq(tag.as_bytes(), Self::tag(key, store_id, seq).as_bytes())
         {
-            return Err(bad());
+            return Ok(None);
         }
         Ok(Some(seq))
     }
@@ -164,10 +165,16 @@ impl StateFile {
     /// Records `seq` (write to a temporary file, then rename, so a crash leaves the old or the
     /// new file, never half of one). Best effort: a state directory that cannot be written
     /// weakens rollback detection for the next process but must not fail a commit that happened.
-    pub(crate) fn save(&self, key: &Key, store_id: &[u8; 16], seq: i64) {
+    /// Only `accept_lower` (a rollback accepted on purpose) may lower the recorded head.
+    pub(crate) fn save(&self, key: &Key, store_id: &[u8; 16], seq: i64, accept_lower: bool) {
         let Some(dir) = self.path.parent() else {
             return;
         };
+        // Processes commit concurrently: never lower what another one recorded meanwhile.
+        if !accept_lower && matches!(self.load(key, store_id), Ok(Some(recorded)) if recorded > seq)
+        {
+            return;
+        }
         use std::io::Write;
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let _ = std::fs::DirBuilder::new()
@@ -204,11 +211,13 @@ mod tests {
         let sid = [5; 16];
         let f = StateFile::new(dir.path(), &sid);
         assert_eq!(f.load(&key, &sid).unwrap(), None);
-        f.save(&key, &sid, 42);
+        f.save(&key, &sid, 42, false);
+        f.save(&key, &sid, 41, false);
         assert_eq!(f.load(&key, &sid).unwrap(), Some(42));
-        assert!(f.load(&Key::random(), &sid).unwrap_err().is_tamper());
+        assert_eq!(f.load(&Key::random(), &sid).unwrap(), None);
+        // A forged floor (raised or lowered) does not verify, so it cannot lock anyone out.
         let text = std::fs::read_to_string(&f.path).unwrap();
-        std::fs::write(&f.path, text.replace(" 42 ", " 7 ")).unwrap();
-        assert!(f.load(&key, &sid).unwrap_err().is_tamper());
+        std::fs::write(&f.path, text.replace(" 42 ", " 9999 ")).unwrap();
+        assert_eq!(f.load(&key, &sid).unwrap(), None);
     }
 }

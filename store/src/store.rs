@@ -157,28 +157,33 @@ impl Store {
         let (conn, store_id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
         let master = unlock(&conn, path, &store_id, cred)?;
         let keys = Keys::new(path, store_id, master);
-        let head = head::verified_master(&conn, &store_id, &keys.head_key)
-            .map_err(|e| StoreError::from_sqlite_in(path, e))?;
         let state = options
             .state_dir
             .as_ref()
             .map(|d| StateFile::new(d, &store_id));
-        if let Some(state) = &state {
-            let seen = match state.load(&keys.state_key, &store_id) {
-                Ok(seen) => seen,
-                Err(_) if options.allow_rollback => None,
-                Err(e) => return Err(e),
-            };
-            match seen {
-                Some(seen) if head < seen && !options.allow_rollback => {
-                    return Err(StoreError::Rollback {
-                        path: path.to_owned(),
-                        found: head,
-                        seen,
-                    })
+        // The state file first, then the head: a state value was written after its commit, so
+        // a head read afterwards is at least as new unless the store went back.
+        let seen = match state.as_ref().map(|s| s.load(&keys.state_key, &store_id)) {
+            None => None,
+            Some(Ok(seen)) => seen,
+            Some(Err(_)) if options.allow_rollback => None,
+            Some(Err(e)) => return Err(e),
+        };
+        let head = head::verified_master(&conn, &store_id, &keys.head_key)
+            .map_err(|e| StoreError::from_sqlite_in(path, e))?;
+        match seen {
+            Some(seen) if head < seen && !options.allow_rollback => {
+                return Err(StoreError::Rollback {
+                    path: path.to_owned(),
+                    found: head,
+                    seen,
+                })
+            }
+            Some(seen) if head == seen => {}
+            _ => {
+                if let Some(state) = &state {
+                    state.save(&keys.state_key, &store_id, head, options.allow_rollback);
                 }
-                Some(seen) if head == seen => {}
-                _ => state.save(&keys.state_key, &store_id, head),
             }
         }
         Ok(Store {
@@ -199,7 +204,7 @@ impl Store {
         self.keys = keys;
         self.head_seen = seq;
         if let Some(state) = &self.state {
-            state.save(&self.keys.state_key, &self.keys.store_id, seq);
+            state.save(&self.keys.state_key, &self.keys.store_id, seq, false);
         }
     }
 
@@ -248,7 +253,7 @@ impl Store {
         tx.commit().map_err(sqlite)?;
         self.head_seen = generation;
         if let Some(state) = &self.state {
-            state.save(&self.keys.state_key, &self.keys.store_id, generation);
+            state.save(&self.keys.state_key, &self.keys.store_id, generation, false);
         }
         Ok(out)
     }
