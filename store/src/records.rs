@@ -103,3 +103,52 @@ pub(crate) fn now_ns() -> i64 {
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_json(v: u32, extra: &str) -> Vec<u8> {
+        format!(
+            r#"{{"v":{v},"parent":0,"name":"a","kind":"file","size":1,"mtime_ns":0,"created_ns":0{extra}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn unknown_versions_and_fields_fail_closed() {
+        let key = Key::random();
+        let what = || "entry #1".to_owned();
+        let ok: EntryMeta = open_json(
+            &key,
+            b"ad",
+            &crypto::seal(&key, b"ad", &meta_json(2, "")),
+            what,
+        )
+        .unwrap();
+        assert_eq!(ok.name, "a");
+        // A newer writer's record: refused by version before any field is read.
+        let future = crypto::seal(&key, b"ad", &meta_json(3, r#","expires_ns":5"#));
+        let err = open_json::<EntryMeta>(&key, b"ad", &future, what).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::UnsupportedRecord {
+                    found: 3,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("entry #1 has record version 3"),
+            "{err}"
+        );
+        // A field this build does not know, under a known version: never silently ignored.
+        let unknown = crypto::seal(&key, b"ad", &meta_json(2, r#","read_limit":1"#));
+        assert!(open_json::<EntryMeta>(&key, b"ad", &unknown, what)
+            .unwrap_err()
+            .is_tamper());
+    }
+}
