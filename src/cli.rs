@@ -22,6 +22,9 @@ pub struct Cli {
     /// Unlock with the passphrase in this file (first line); without either option, a passphrase is asked on the terminal
     #[arg(long, value_name = "PATH")]
     pub passphrase_file: Option<PathBuf>,
+    /// Accept a store older than one this host has seen (after restoring a backup on purpose)
+    #[arg(long)]
+    pub allow_rollback: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,6 +47,12 @@ pub enum Command {
         store: StoreArgs,
         #[command(flatten)]
         kdf: KdfArgs,
+    },
+    /// Upgrade a store made by an older vaultfs to this version's format (one transaction)
+    #[command(after_help = "Example:\n  vaultfs --key-file /etc/vaultfs/key migrate")]
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Manage key slots (credentials that unlock the store)
     #[command(
@@ -294,6 +303,9 @@ pub struct StoreArgs {
     /// Unlock with the passphrase in this file (first line); without either option, a passphrase is asked on the terminal
     #[arg(long, global = true, value_name = "PATH")]
     pub passphrase_file: Option<PathBuf>,
+    /// Accept a store older than one this host has seen (after restoring a backup on purpose)
+    #[arg(long, global = true)]
+    pub allow_rollback: bool,
 }
 
 impl Cli {
@@ -306,6 +318,7 @@ impl Cli {
         if sub.store.is_some() {
             self.store = sub.store;
         }
+        self.allow_rollback |= sub.allow_rollback;
         if sub.key_file.is_some() || sub.passphrase_file.is_some() {
             self.key_file = sub.key_file;
             self.passphrase_file = sub.passphrase_file;
@@ -318,6 +331,7 @@ impl Command {
     fn store_args(&self) -> Option<&StoreArgs> {
         match self {
             Command::Init { store, .. }
+            | Command::Migrate { store }
             | Command::Key { store, .. }
             | Command::Vault { store, .. }
             | Command::Write { store, .. }
@@ -373,6 +387,20 @@ pub enum KeyCommand {
         /// A file holding the new passphrase
         #[arg(long, value_name = "PATH")]
         new_passphrase_file: Option<PathBuf>,
+        /// A name for the slot, shown by `key list`
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Fresh master and vault keys: re-encrypt everything, keep one slot for the key given
+    #[command(
+        after_help = "Removes every other key slot (listed first). Mounts made before must be remounted.\nExample:\n  vaultfs --key-file /etc/vaultfs/key key rotate --yes"
+    )]
+    Rotate {
+        /// Do not ask (required when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         kdf: KdfArgs,
     },

@@ -142,5 +142,9 @@ pub fn open_store(cli: &Cli) -> Result<Store> {
     // Check for the file before asking for a passphrase nobody can use.
     require_store(&path)?;
     let cred = unlock_credential(cli)?;
-    Ok(Store::open(&path, &cred)?)
+    let options = vaultfs_store::OpenOptions {
+        allow_rollback: cli.allow_rollback,
+        ..Default::default()
+    };
+    Ok(Store::open_with(&path, &cred, &options)?)
 }

@@ -81,6 +81,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
         Command::Completions { shell } => docs::completions(*shell),
         Command::Man { command } => docs::man(command.as_deref()),
+        Command::Migrate { .. } => commands::migrate::migrate(cli),
     };
     done.map(|()| exit::Exit::Success.into())
 }

@@ -11,6 +11,8 @@ mod cli;
 mod faults;
 mod hygiene;
 mod import;
+// The store format: migration from round 1, the authenticated head, SQLite locks kept.
+mod store_format;
 
 // The FUSE mount: attributes, permissions, rotation, signals, stale mounts, stalls.
 mod mount;

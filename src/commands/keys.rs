@@ -73,6 +73,9 @@ pub fn init(cli: &Cli, args: KdfArgs) -> Result<()> {
 
 /// `key list|add|remove`.
 pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
+    if let KeyCommand::Rotate { yes, kdf: k } = cmd {
+        return rotate(cli, *yes, kdf(*k)?);
+    }
     let mut store = credentials::open_store(cli)?;
     match cmd {
         KeyCommand::List { json } => {
@@ -114,6 +117,7 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
         KeyCommand::Add {
             new_key_file,
             new_passphrase_file,
+            label,
             kdf: k,
         } => {
             let cred: Credential = match (new_key_file, new_passphrase_file) {
@@ -123,13 +127,68 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                     crate::tty::new_passphrase("--new-key-file or --new-passphrase-file")?
                 }
             };
-            let id = store.add_key_slot(&cred, kdf(*k)?)?;
+            let id = store.add_key_slot(&cred, kdf(*k)?, label.as_deref())?;
             eprintln!("added key slot {id}");
         }
+        KeyCommand::Rotate { .. } => unreachable!("handled above"),
         KeyCommand::Remove { id } => {
             store.remove_key_slot(*id)?;
             eprintln!("removed key slot {id}");
+            eprintln!("note: its key still opens copies of the store made before; `vaultfs key rotate` re-keys the store");
         }
     }
+    Ok(())
+}
+
+/// `key rotate`: lists the slots it will remove, asks (or takes `--yes`), then re-keys.
+fn rotate(cli: &Cli, yes: bool, kdf: KdfParams) -> Result<()> {
+    use std::io::IsTerminal;
+    let path = credentials::store_path(cli);
+    credentials::require_store(&path)?;
+    let cred = credentials::unlock_credential(cli)?;
+    let options = vaultfs_store::OpenOptions {
+        allow_rollback: cli.allow_rollback,
+        ..Default::default()
+    };
+    let mut store = Store::open_with(&path, &cred, &options)?;
+    let slots = store.key_slots()?;
+    if !yes && !std::io::stdin().is_terminal() {
+        let ids: Vec<String> = slots.iter().map(|s| s.id.to_string()).collect();
+        usage!(
+            "refusing to rotate keys without --yes (stdin is not a terminal): it replaces key slot(s) {}",
+            ids.join(", ")
+        );
+    }
+    eprintln!(
+        "key rotate replaces the master key and every vault key, re-encrypts every secret, and \
+         replaces these {} key slot(s) with one for the key given:",
+        slots.len()
+    );
+    for s in &slots {
+        eprintln!(
+            "  slot {} ({}{})",
+            s.id,
+            s.kind,
+            s.label
+                .as_deref()
+                .map(|l| format!(", {l:?}"))
+                .unwrap_or_default()
+        );
+    }
+    if !yes {
+        eprint!("continue? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            usage!("key rotate cancelled; nothing changed");
+        }
+    }
+    let done = store
+        .rotate_keys(&cred, kdf)
+        .with_context(|| format!("cannot rotate the keys of {}", path.display()))?;
+    eprintln!(
+        "rotated the master key and {} vault key(s), re-encrypted {} entries; the key given is now slot {}; remount running mounts",
+        done.vaults, done.entries, done.slot
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod docs;
 pub mod env;
 pub mod keys;
+pub mod migrate;
 pub mod mount;
 pub mod secrets;
 pub mod serve;

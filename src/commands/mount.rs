@@ -49,7 +49,14 @@ pub fn mount(
         }
     };
     let daemonized = matches!(readiness, Readiness::Parent(_));
-    match daemon::serve(&store_path, cred, &[spec], readiness, log_file) {
+    match daemon::serve(
+        &store_path,
+        cred,
+        &[spec],
+        cli.allow_rollback,
+        readiness,
+        log_file,
+    ) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // The parent has printed the error already.
         Err(e) if daemonized => Ok(crate::exit::Exit::of(&e).into()),

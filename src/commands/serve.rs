@@ -37,6 +37,7 @@ pub fn serve(cli: &Cli, config_path: &Path, check: bool) -> Result<()> {
         &store_path,
         cred,
         &config.mounts,
+        cli.allow_rollback,
         Readiness::foreground(),
         None,
     )

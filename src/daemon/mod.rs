@@ -21,12 +21,13 @@ pub fn serve(
     store_path: &std::path::Path,
     cred: Credential,
     specs: &[MountSpec],
+    allow_rollback: bool,
     mut readiness: Readiness,
     log_file: Option<&std::path::Path>,
 ) -> Result<()> {
     let signals = process::block_signals();
     let daemonized = matches!(readiness, Readiness::Parent(_));
-    let mounted = match mount_all(store_path, cred, specs) {
+    let mounted = match mount_all(store_path, cred, specs, allow_rollback) {
         Ok(m) => m,
         Err(e) => {
             readiness.failed(&e);
@@ -80,10 +81,15 @@ fn mount_all(
     store_path: &std::path::Path,
     cred: Credential,
     specs: &[MountSpec],
+    allow_rollback: bool,
 ) -> Result<Vec<vaultfs_fs::Mounted>> {
     // Failure is warned about inside; mounting still works.
     hygiene::lock_memory();
-    let store = Store::open(store_path, &cred)?;
+    let options = vaultfs_store::OpenOptions {
+        allow_rollback,
+        ..Default::default()
+    };
+    let store = Store::open_with(store_path, &cred, &options)?;
     drop(cred);
     let mut readers = Vec::new();
     for spec in specs {

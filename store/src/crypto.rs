@@ -10,7 +10,9 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::secret::{Key, SecretBytes};
 
-const NONCE_LEN: usize = 24;
+pub(crate) const NONCE_LEN: usize = 24;
+/// Poly1305's tag.
+pub(crate) const TAG_LEN: usize = 16;
 
 /// Fills `buf` from the OS's CSPRNG.
 ///
@@ -57,6 +59,22 @@ pub(crate) fn open(key: &Key, aad: &[u8], sealed: &[u8]) -> Option<SecretBytes> 
         .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
         .ok()
         .map(SecretBytes::new)
+}
+
+/// A keyed MAC (BLAKE3) over `parts`, each length-prefixed so no two inputs collide.
+pub(crate) fn mac(key: &Key, parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(key.expose());
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// Compares two MACs without an early exit.
+pub(crate) fn mac_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// Associated data naming one row: `label || store id || ids...`.

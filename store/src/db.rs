@@ -7,8 +7,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::{Result, StoreError};
 
-/// The on-disk format this build reads and writes.
-pub(crate) const FORMAT: i64 = 1;
+/// The on-disk format this build reads and writes. Format 1 (round 1: whole-value AEAD, vault
+/// keys inside master-sealed records, no head) is only read by `migrate`.
+pub(crate) const FORMAT: i64 = 2;
 
 /// How long a writer waits for another writer before giving up with [`StoreError::Busy`].
 /// Readers never wait for writers (WAL); this bounds writer-writer contention only.
@@ -16,22 +17,31 @@ pub(crate) const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(15);
 
 const SCHEMA: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
--- One row; every committed change bumps it, so readers can tell cheaply whether to refresh.
+-- The store head: one row; every committed change bumps it, so readers can tell cheaply whether
+-- to refresh. Authenticated by the MACs in `head`.
 CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
 INSERT INTO generation VALUES (1, 0);
--- The master key wrapped by a key-encryption key from a passphrase or a key file.
+-- MACs of the head: vault_id 0 under a master-derived key, one per vault under a key derived
+-- from that vault's key (so a mount daemon holding one vault key can verify it).
+CREATE TABLE head (vault_id INTEGER PRIMARY KEY, mac BLOB NOT NULL);
+-- The master key wrapped by a key-encryption key from a passphrase or a key file; `label` is
+-- the user's name for the slot (clear text, not secret).
 CREATE TABLE key_slots (
   id INTEGER PRIMARY KEY,
   kind TEXT NOT NULL,
   params TEXT NOT NULL,
   wrapped BLOB NOT NULL,
-  created_ns INTEGER NOT NULL
+  created_ns INTEGER NOT NULL,
+  label TEXT
 );
 -- name_tag: keyed hash of the name, so lookups use an index without the name being readable.
+-- wrapped_key: the vault key sealed under the master key (bound to store and vault id);
+-- sealed: the vault's record (name, defaults) sealed under the vault key.
 CREATE TABLE vaults (
   id INTEGER PRIMARY KEY,
   version INTEGER NOT NULL,
   name_tag BLOB NOT NULL UNIQUE,
+  wrapped_key BLOB NOT NULL,
   sealed BLOB NOT NULL
 );
 -- parent_id is also inside the sealed meta; the clear copy only speeds up listing.
@@ -129,8 +139,27 @@ pub(crate) fn initialize(conn: &mut Connection, path: &Path, store_id: &[u8; 16]
     Ok(())
 }
 
-/// Opens an existing store and checks that it is one, returning its id.
+/// Opens an existing store of the current format, returning its id. An older format is
+/// [`StoreError::NeedsMigration`], a newer one [`StoreError::UnsupportedFormat`].
 pub(crate) fn open(path: &Path, busy: Duration) -> Result<(Connection, [u8; 16])> {
+    let (conn, id, format) = open_any_format(path, busy)?;
+    match format {
+        FORMAT => Ok((conn, id)),
+        found if (1..FORMAT).contains(&found) => Err(StoreError::NeedsMigration {
+            path: path.to_owned(),
+            found,
+            supported: FORMAT,
+        }),
+        found => Err(StoreError::UnsupportedFormat {
+            path: path.to_owned(),
+            found,
+            supported: FORMAT,
+        }),
+    }
+}
+
+/// Opens an existing store of any format, returning its id and format (for `migrate`).
+pub(crate) fn open_any_format(path: &Path, busy: Duration) -> Result<(Connection, [u8; 16], i64)> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => {}
         Ok(_) => return Err(StoreError::NotAStore(path.to_owned())),
@@ -149,11 +178,12 @@ pub(crate) fn open(path: &Path, busy: Duration) -> Result<(Connection, [u8; 16])
         // A store on read-only media (a mounted backup, a read-only bind): SQLite cannot make
         // the WAL index there, but nothing can change the file either, so it may be read as
         // immutable. Writes then fail with "read-only".
+        // Asked of the directory, never by opening the store file: see `sys`.
         Err(_) if on_read_only_filesystem(path) => open_immutable(path, busy)?,
         Err(e) => return Err(e),
     };
-    let id = store_identity(&conn, path)?;
-    Ok((conn, id))
+    let (id, format) = store_identity(&conn, path)?;
+    Ok((conn, id, format))
 }
 
 fn open_read_write(path: &Path, busy: Duration) -> Result<Connection> {
@@ -192,16 +222,18 @@ fn open_immutable(path: &Path, busy: Duration) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Whether `path` lives on a filesystem mounted read-only.
+/// Whether `path` lives on a filesystem mounted read-only. Never opens `path` itself: this runs
+/// in processes that have the store open, and closing any descriptor of the file would drop
+/// SQLite's POSIX locks on it (then a writer may delete the WAL under this process).
 fn on_read_only_filesystem(path: &Path) -> bool {
-    // Opening for writing creates nothing and writes nothing; EROFS is the filesystem's answer.
-    matches!(
-        std::fs::OpenOptions::new().append(true).open(path),
-        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem
-    )
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    crate::sys::read_only_filesystem(dir)
 }
 
-fn store_identity(conn: &Connection, path: &Path) -> Result<[u8; 16]> {
+fn store_identity(conn: &Connection, path: &Path) -> Result<([u8; 16], i64)> {
     let not_a_store = |e: rusqlite::Error| match StoreError::from_sqlite(path, e) {
         StoreError::Sqlite(_) => StoreError::NotAStore(path.to_owned()),
         other => other,
@@ -223,24 +255,16 @@ fn store_identity(conn: &Connection, path: &Path) -> Result<[u8; 16]> {
         })
         .optional()
         .map_err(not_a_store)?;
-    match format {
-        Some(FORMAT) => {}
-        Some(found) => {
-            return Err(StoreError::UnsupportedFormat {
-                path: path.to_owned(),
-                found,
-                supported: FORMAT,
-            })
-        }
-        None => return Err(StoreError::NotAStore(path.to_owned())),
-    }
+    let format = format.ok_or_else(|| StoreError::NotAStore(path.to_owned()))?;
     let id: Vec<u8> = conn
         .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
             r.get(0)
         })
         .map_err(not_a_store)?;
-    id.try_into()
-        .map_err(|_| StoreError::NotAStore(path.to_owned()))
+    let id = id
+        .try_into()
+        .map_err(|_| StoreError::NotAStore(path.to_owned()))?;
+    Ok((id, format))
 }
 
 /// Bumps the change counter inside the caller's write transaction and returns the new value.
@@ -250,10 +274,4 @@ pub(crate) fn bump_generation(conn: &Connection) -> rusqlite::Result<i64> {
         [],
         |r| r.get(0),
     )
-}
-
-/// The change counter as last committed.
-pub(crate) fn generation(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached("SELECT value FROM generation WHERE id = 1")?
-        .query_row([], |r| r.get(0))
 }

@@ -24,6 +24,41 @@ pub enum StoreError {
         /// The format this build writes.
         supported: i64,
     },
+    /// The store was made by an older vaultfs and must be upgraded before use.
+    #[error("{path} has store format {found}; run `vaultfs migrate` to upgrade it to format {supported}")]
+    NeedsMigration {
+        /// The store file.
+        path: PathBuf,
+        /// The format found in the file.
+        found: i64,
+        /// The format this build writes.
+        supported: i64,
+    },
+    /// A sealed record (or value) carries a version this build does not know: it fails closed
+    /// rather than half-understand a newer writer's record.
+    #[error("{what} has record version {found}; this vaultfs understands version {supported} (written by a newer vaultfs?)")]
+    UnsupportedRecord {
+        /// Which record.
+        what: String,
+        /// The version found.
+        found: u64,
+        /// The version this build writes.
+        supported: u64,
+    },
+    /// The store's authenticated head is older than one this process (or this host's state
+    /// file) has already seen: an older copy of the store was put back.
+    #[error("the store at {path} was rolled back: its head is {found}, but {seen} was seen before (restore the newest copy, or pass --allow-rollback to accept this one)")]
+    Rollback {
+        /// The store file.
+        path: PathBuf,
+        /// The head found in the store.
+        found: i64,
+        /// The highest head seen before.
+        seen: i64,
+    },
+    /// The credential being added already unlocks a key slot.
+    #[error("this key already unlocks key slot {0}; refusing to add it twice")]
+    DuplicateKey(i64),
     /// No key slot accepted the credential.
     #[error("wrong key or passphrase")]
     WrongKey,
@@ -174,6 +209,15 @@ impl StoreError {
         StoreError::Sqlite(err)
     }
 
+    /// Gives a SQLite error wrapped in a store error the same treatment as
+    /// [`from_sqlite`](Self::from_sqlite); other errors pass through.
+    pub(crate) fn from_sqlite_in(path: &std::path::Path, err: StoreError) -> StoreError {
+        match err {
+            StoreError::Sqlite(inner) => StoreError::from_sqlite(path, inner),
+            other => other,
+        }
+    }
+
     /// Whether this error means the credential was wrong (exit code 2 in the CLI).
     pub fn is_auth(&self) -> bool {
         matches!(self, StoreError::WrongKey | StoreError::BadKeyFile { .. })
@@ -181,7 +225,10 @@ impl StoreError {
 
     /// Whether this error means a sealed row failed authentication.
     pub fn is_tamper(&self) -> bool {
-        matches!(self, StoreError::Tampered { .. })
+        matches!(
+            self,
+            StoreError::Tampered { .. } | StoreError::Rollback { .. }
+        )
     }
 
     /// Whether this error is the user's input being refused (exit code 2 in the CLI).

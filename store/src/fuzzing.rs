@@ -8,8 +8,8 @@ use crate::secret::Key;
 use crate::store::{OpenVault, VaultInfo};
 
 fn vault() -> OpenVault {
-    OpenVault {
-        info: VaultInfo {
+    OpenVault::new(
+        VaultInfo {
             id: 1,
             name: "fuzz".into(),
             acl: VaultAcl {
@@ -20,9 +20,8 @@ fn vault() -> OpenVault {
             created_ns: 0,
             version: 1,
         },
-        key: Key::from_bytes([7; 32]),
-        tag_key: Key::from_bytes([9; 32]),
-    }
+        Key::from_bytes([7; 32]),
+    )
 }
 
 /// Opens `data` as a sealed entry row (the attacker's ciphertext): must fail cleanly.

@@ -75,6 +75,8 @@ pub struct SlotInfo {
     pub kdf: Option<KdfParams>,
     /// When the slot was added, ns since the epoch.
     pub created_ns: i64,
+    /// The user's name for the slot, if one was given.
+    pub label: Option<String>,
 }
 
 /// A freshly wrapped master key, ready to insert.
@@ -173,7 +175,13 @@ pub(crate) fn unwrap(
 }
 
 /// Parses a slot's public parameters for display.
-pub(crate) fn info(id: i64, kind: String, params_text: &str, created_ns: i64) -> SlotInfo {
+pub(crate) fn info(
+    id: i64,
+    kind: String,
+    params_text: &str,
+    created_ns: i64,
+    label: Option<String>,
+) -> SlotInfo {
     let kdf = serde_json::from_str::<SlotParams>(params_text)
         .ok()
         .and_then(|p| p.argon2id);
@@ -182,6 +190,7 @@ pub(crate) fn info(id: i64, kind: String, params_text: &str, created_ns: i64) ->
         kind,
         kdf,
         created_ns,
+        label,
     }
 }
 

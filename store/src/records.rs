@@ -1,8 +1,9 @@
-//! The sealed records: what a row holds once decrypted. Versioned JSON, so fields can be added
-//! (expiry, read limits, identity rules: see DESIGN.md) without a new table layout.
+//! The sealed records: what a row holds once decrypted. Versioned JSON: every record carries
+//! `v`, and a record whose version this build does not know is refused
+//! ([`StoreError::UnsupportedRecord`]) before any other field is read; unknown fields are refused
+//! too, so a newer writer's rule is never silently ignored.
 
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroize;
 
 use crate::acl::{AclOverride, VaultAcl};
 use crate::crypto;
@@ -10,7 +11,7 @@ use crate::error::{Result, StoreError};
 use crate::secret::{Key, SecretBytes};
 
 /// The record format version written by this build.
-pub(crate) const RECORD_VERSION: u32 = 1;
+pub(crate) const RECORD_VERSION: u32 = 2;
 
 /// A directory or a secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,26 +26,21 @@ pub enum EntryKind {
     Template,
 }
 
-/// A vault row's sealed content.
+/// A vault row's sealed content, sealed under the vault's own key (the key itself is wrapped
+/// apart, under the master key), so a holder of the vault key alone can follow the row.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct VaultRecord {
     pub v: u32,
     pub name: String,
-    /// The vault key, hex; wiped on drop.
-    pub key: String,
     pub acl: VaultAcl,
     pub created_ns: i64,
-}
-
-impl Drop for VaultRecord {
-    fn drop(&mut self) {
-        self.key.zeroize();
-    }
 }
 
 /// An entry row's sealed metadata (the value is sealed separately, so listing a vault never
 /// decrypts a value).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct EntryMeta {
     pub v: u32,
     pub parent: i64,
@@ -63,6 +59,12 @@ pub(crate) fn seal_json<T: Serialize>(key: &Key, aad: &[u8], record: &T) -> Vec<
     crypto::seal(key, aad, plain.expose())
 }
 
+/// Just the version of a record, read before anything else.
+#[derive(Deserialize)]
+struct Version {
+    v: u64,
+}
+
 /// Opens and parses a sealed record; `what` names the row in the error.
 pub(crate) fn open_json<T: for<'de> Deserialize<'de>>(
     key: &Key,
@@ -70,11 +72,31 @@ pub(crate) fn open_json<T: for<'de> Deserialize<'de>>(
     sealed: &[u8],
     what: impl FnOnce() -> String,
 ) -> Result<T> {
-    let plain =
-        crypto::open(key, aad, sealed).ok_or_else(|| StoreError::Tampered { what: what() })?;
-    serde_json::from_slice(plain.expose()).map_err(|_| StoreError::Tampered {
-        what: "a record".into(),
-    })
+    let plain = match crypto::open(key, aad, sealed) {
+        Some(p) => p,
+        None => return Err(StoreError::Tampered { what: what() }),
+    };
+    decode(plain.expose(), RECORD_VERSION, what)
+}
+
+/// Parses an authenticated record of version `expected`.
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
+    plain: &[u8],
+    expected: u32,
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    match serde_json::from_slice::<Version>(plain) {
+        Ok(Version { v }) if v == u64::from(expected) => {}
+        Ok(Version { v }) => {
+            return Err(StoreError::UnsupportedRecord {
+                what: what(),
+                found: v,
+                supported: expected.into(),
+            })
+        }
+        Err(_) => return Err(StoreError::Tampered { what: what() }),
+    }
+    serde_json::from_slice(plain).map_err(|_| StoreError::Tampered { what: what() })
 }
 
 /// Nanoseconds since the epoch, now.
@@ -83,4 +105,53 @@ pub(crate) fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_json(v: u32, extra: &str) -> Vec<u8> {
+        format!(
+            r#"{{"v":{v},"parent":0,"name":"a","kind":"file","size":1,"mtime_ns":0,"created_ns":0{extra}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn unknown_versions_and_fields_fail_closed() {
+        let key = Key::random();
+        let what = || "entry #1".to_owned();
+        let ok: EntryMeta = open_json(
+            &key,
+            b"ad",
+            &crypto::seal(&key, b"ad", &meta_json(2, "")),
+            what,
+        )
+        .unwrap();
+        assert_eq!(ok.name, "a");
+        // A newer writer's record: refused by version before any field is read.
+        let future = crypto::seal(&key, b"ad", &meta_json(3, r#","expires_ns":5"#));
+        let err = open_json::<EntryMeta>(&key, b"ad", &future, what).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::UnsupportedRecord {
+                    found: 3,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("entry #1 has record version 3"),
+            "{err}"
+        );
+        // A field this build does not know, under a known version: never silently ignored.
+        let unknown = crypto::seal(&key, b"ad", &meta_json(2, r#","read_limit":1"#));
+        assert!(open_json::<EntryMeta>(&key, b"ad", &unknown, what)
+            .unwrap_err()
+            .is_tamper());
+    }
 }

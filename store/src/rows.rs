@@ -9,6 +9,7 @@ use crate::error::{Result, StoreError};
 use crate::records::{self, EntryKind, EntryMeta, RECORD_VERSION};
 use crate::secret::SecretBytes;
 use crate::store::OpenVault;
+use crate::value::{self, SealedValue, ValueId};
 
 /// The largest secret accepted. Secrets are small (tokens, keys, config files); a bound keeps a
 /// mistaken `write` of a large file from filling memory on every open.
@@ -47,23 +48,28 @@ impl Entry {
 
 pub(crate) fn meta_aad(store_id: &[u8; 16], vault: &OpenVault, id: i64, version: i64) -> Vec<u8> {
     crypto::aad(
-        "vaultfs entry meta v1",
+        "vaultfs entry meta v2",
         store_id,
         &[vault.info.id, id, version],
     )
 }
 
-fn value_aad(store_id: &[u8; 16], vault: &OpenVault, id: i64, version: i64) -> Vec<u8> {
-    crypto::aad(
-        "vaultfs entry value v1",
-        store_id,
-        &[vault.info.id, id, version],
-    )
+fn value_id(store_id: &[u8; 16], vault: &OpenVault, id: i64, version: i64) -> ValueId {
+    ValueId {
+        store_id: *store_id,
+        vault_id: vault.info.id,
+        id,
+        version,
+    }
+}
+
+fn describe(vault: &OpenVault, id: i64) -> String {
+    format!("entry #{id} of vault {:?}", vault.info.name)
 }
 
 fn tamper(vault: &OpenVault, id: i64) -> StoreError {
     StoreError::Tampered {
-        what: format!("entry #{id} of vault {:?}", vault.info.name),
+        what: describe(vault, id),
     }
 }
 
@@ -93,9 +99,8 @@ pub(crate) fn open_row(
         &vault.key,
         &meta_aad(store_id, vault, id, version),
         sealed_meta,
-        String::new,
-    )
-    .map_err(|_| tamper(vault, id))?;
+        || describe(vault, id),
+    )?;
     if meta.parent != parent_col {
         return Err(tamper(vault, id));
     }
@@ -172,21 +177,34 @@ pub(crate) fn children(
 }
 
 /// Every row of the vault changed after generation `since` (all rows for 0), decrypted; rows
-/// that fail authentication are returned apart, so one bad row does not hide the others.
+/// that fail authentication are returned apart, so one bad row does not hide the others. A row
+/// claiming a change newer than the authenticated `head` was not written by a key holder's
+/// commit (every commit moves the head): it is reported as damaged, never applied.
 pub(crate) fn changed_since(
     conn: &Connection,
     store_id: &[u8; 16],
     vault: &OpenVault,
     since: i64,
+    head: i64,
 ) -> Result<(Vec<Entry>, Damaged)> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {ROW_COLUMNS} FROM entries WHERE vault_id = ?1 AND seq > ?2"
-    ))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, version, parent_id, meta, seq FROM entries WHERE vault_id = ?1 AND seq > ?2",
+    )?;
     let mut rows = stmt.query(params![vault.info.id, since])?;
     let mut good = Vec::new();
     let mut bad = Vec::new();
     while let Some(r) = rows.next()? {
         let (id, version, parent, meta) = row_tuple(r)?;
+        let seq: i64 = r.get(4)?;
+        if seq > head {
+            bad.push((
+                id,
+                StoreError::Tampered {
+                    what: format!("{} (changed after the store head)", describe(vault, id)),
+                },
+            ));
+            continue;
+        }
         match open_row(store_id, vault, id, version, parent, &meta) {
             Ok(e) => good.push(e),
             Err(e) => bad.push((id, e)),
@@ -195,17 +213,64 @@ pub(crate) fn changed_since(
     Ok((good, bad))
 }
 
-/// Ids of the vault's entries deleted after generation `since`.
-pub(crate) fn deleted_since(conn: &Connection, vault: &OpenVault, since: i64) -> Result<Vec<i64>> {
+/// Ids of the vault's entries deleted after generation `since`, up to the authenticated `head`
+/// (a tombstone newer than the head was not made by a commit, and is not applied).
+pub(crate) fn deleted_since(
+    conn: &Connection,
+    vault: &OpenVault,
+    since: i64,
+    head: i64,
+) -> Result<Vec<i64>> {
     let ids = conn
-        .prepare_cached("SELECT entry_id FROM deleted WHERE vault_id = ?1 AND seq > ?2")?
-        .query_map(params![vault.info.id, since], |r| r.get(0))?
+        .prepare_cached(
+            "SELECT entry_id FROM deleted WHERE vault_id = ?1 AND seq > ?2 AND seq <= ?3",
+        )?
+        .query_map(params![vault.info.id, since, head], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     Ok(ids)
 }
 
-/// Decrypts the value of secret `id` at `version`. `Ok(None)` when the row is gone or has moved
-/// on to another version (the caller's view is stale and must refresh).
+/// The sealed value of secret `id` at `version`, checked against its authenticated metadata
+/// (size, kind). `Ok(None)` when the row is gone, is a directory, or has moved on to another
+/// version (the caller's view is stale and must refresh).
+pub(crate) fn sealed_value(
+    conn: &Connection,
+    store_id: &[u8; 16],
+    vault: &OpenVault,
+    id: i64,
+    version: i64,
+) -> Result<Option<SealedValue>> {
+    type ValueRow = (i64, i64, Vec<u8>, Option<Vec<u8>>);
+    let row: Option<ValueRow> = conn
+        .prepare_cached(
+            "SELECT version, parent_id, meta, value FROM entries WHERE vault_id = ?1 AND id = ?2",
+        )?
+        .query_row(params![vault.info.id, id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((found_version, parent, meta, sealed)) = row else {
+        return Ok(None);
+    };
+    if found_version != version {
+        return Ok(None);
+    }
+    let entry = open_row(store_id, vault, id, version, parent, &meta)?;
+    if entry.is_dir() {
+        return Ok(None);
+    }
+    let sealed = sealed.ok_or_else(|| tamper(vault, id))?;
+    SealedValue::new(
+        vault.key.clone(),
+        value_id(store_id, vault, id, version),
+        describe(vault, id),
+        entry.size,
+        sealed,
+    )
+    .map(Some)
+}
+
+/// Decrypts the whole value of secret `id` at `version`; `Ok(None)` as for [`sealed_value`].
 pub(crate) fn read_value(
     conn: &Connection,
     store_id: &[u8; 16],
@@ -213,24 +278,9 @@ pub(crate) fn read_value(
     id: i64,
     version: i64,
 ) -> Result<Option<SecretBytes>> {
-    let row: Option<(i64, Option<Vec<u8>>)> = conn
-        .prepare_cached("SELECT version, value FROM entries WHERE vault_id = ?1 AND id = ?2")?
-        .query_row(params![vault.info.id, id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((found_version, sealed)) = row else {
-        return Ok(None);
-    };
-    if found_version != version {
-        return Ok(None);
-    }
-    let sealed = sealed.ok_or_else(|| tamper(vault, id))?;
-    let value = crypto::open(
-        &vault.key,
-        &value_aad(store_id, vault, id, version),
-        &sealed,
-    )
-    .ok_or_else(|| tamper(vault, id))?;
-    Ok(Some(value))
+    sealed_value(conn, store_id, vault, id, version)?
+        .map(|v| v.read_all())
+        .transpose()
 }
 
 /// Rows that failed authentication, by id, with the error.
@@ -271,7 +321,7 @@ fn seal_into(
         records::seal_json(&vault.key, &meta_aad(store_id, vault, id, version), &meta);
     let sealed_value = content
         .value
-        .map(|v| crypto::seal(&vault.key, &value_aad(store_id, vault, id, version), v));
+        .map(|v| value::seal(&vault.key, &value_id(store_id, vault, id, version), v));
     let tag = crypto::name_tag(&vault.tag_key, content.parent, content.name);
     conn.prepare_cached(
         "UPDATE entries SET parent_id = ?1, name_tag = ?2, version = ?3, seq = ?4, meta = ?5,

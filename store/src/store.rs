@@ -9,6 +9,7 @@ use crate::address::validate_name;
 use crate::crypto;
 use crate::db;
 use crate::error::{Result, StoreError};
+use crate::head::{self, StateFile};
 use crate::keyslot::{self, Credential, KdfParams, SlotInfo};
 use crate::records::{self, VaultRecord, RECORD_VERSION};
 use crate::secret::Key;
@@ -33,12 +34,44 @@ pub(crate) struct OpenVault {
     pub info: VaultInfo,
     pub key: Key,
     pub tag_key: Key,
+    /// Verifies (and, in a writer, seals) the store head for this vault.
+    pub head_key: Key,
 }
 
 impl OpenVault {
     pub(crate) fn new(info: VaultInfo, key: Key) -> OpenVault {
         let tag_key = key.derive("vaultfs 2026 entry name tag v1");
-        OpenVault { info, key, tag_key }
+        let head_key = vault_head_key(&key);
+        OpenVault {
+            info,
+            key,
+            tag_key,
+            head_key,
+        }
+    }
+}
+
+fn vault_head_key(vault_key: &Key) -> Key {
+    vault_key.derive("vaultfs 2026 vault head v2")
+}
+
+/// How a store is opened.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Accept a store head older than the highest recorded in the state file (restoring a
+    /// backup on purpose). The state file is then lowered to the head found.
+    pub allow_rollback: bool,
+    /// Where the highest head seen of each store is kept; `None` keeps it in memory only.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for OpenOptions {
+    /// Refuse rollbacks; keep state in [`default_state_dir`](crate::default_state_dir).
+    fn default() -> Self {
+        OpenOptions {
+            allow_rollback: false,
+            state_dir: crate::head::default_state_dir(),
+        }
     }
 }
 
@@ -46,16 +79,21 @@ impl OpenVault {
 pub struct Store {
     pub(crate) conn: Connection,
     pub(crate) keys: Keys,
+    /// The highest head verified by this handle.
+    head_seen: i64,
+    state: Option<StateFile>,
 }
 
 /// The unlocked key material and identity of a store, apart from its connection so that a
-/// transaction can borrow the connection while helpers read the keys.
-#[derive(Clone)]
+/// transaction can borrow the connection while helpers read the keys. Never handed to a
+/// [`VaultReader`](crate::VaultReader): it holds the master key.
 pub(crate) struct Keys {
     pub path: PathBuf,
     pub store_id: [u8; 16],
     master: Key,
     vault_tag_key: Key,
+    head_key: Key,
+    state_key: Key,
 }
 
 impl std::fmt::Debug for Store {
@@ -80,10 +118,20 @@ impl Store {
                 params![slot.kind, slot.params, slot.wrapped, records::now_ns()],
             )
             .map_err(|e| StoreError::from_sqlite(path, e))?;
-            Ok(master)
+            let keys = Keys::new(path, store_id, master);
+            head::seal(&conn, &store_id, &keys.head_key, 0, &[])
+                .map_err(|e| StoreError::from_sqlite(path, e))?;
+            Ok(keys)
         })();
         match result {
-            Ok(master) => Ok(Store::assemble(path, conn, store_id, master)),
+            // No state file yet: the next open records the head (nothing older than a new
+            // store can be restored over it).
+            Ok(keys) => Ok(Store {
+                conn,
+                keys,
+                head_seen: 0,
+                state: None,
+            }),
             Err(e) => {
                 // Leave nothing half-made behind: a later `init` must be able to start over.
                 drop(conn);
@@ -97,24 +145,72 @@ impl Store {
         }
     }
 
-    /// Opens and unlocks the store at `path`.
+    /// Opens and unlocks the store at `path`, refusing a rolled-back head
+    /// ([`OpenOptions::default`]).
     pub fn open(path: &Path, cred: &Credential) -> Result<Store> {
-        let (conn, store_id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
-        let master = unlock(&conn, path, &store_id, cred)?;
-        Ok(Store::assemble(path, conn, store_id, master))
+        Store::open_with(path, cred, &OpenOptions::default())
     }
 
-    fn assemble(path: &Path, conn: Connection, store_id: [u8; 16], master: Key) -> Store {
-        let vault_tag_key = master.derive("vaultfs 2026 vault name tag v1");
-        Store {
-            conn,
-            keys: Keys {
-                path: path.to_owned(),
-                store_id,
-                master,
-                vault_tag_key,
-            },
+    /// Opens and unlocks the store at `path`: checks the head's MAC, compares it with the
+    /// highest head this host recorded for the store, and records the new one.
+    pub fn open_with(path: &Path, cred: &Credential, options: &OpenOptions) -> Result<Store> {
+        let (conn, store_id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
+        let master = unlock(&conn, path, &store_id, cred)?;
+        let keys = Keys::new(path, store_id, master);
+        let state = options
+            .state_dir
+            .as_ref()
+            .map(|d| StateFile::new(d, &store_id));
+        // The state file first, then the head: a state value was written after its commit, so
+        // a head read afterwards is at least as new unless the store went back.
+        let seen = match state.as_ref().map(|s| s.load(&keys.state_key, &store_id)) {
+            None => None,
+            Some(Ok(seen)) => seen,
+            Some(Err(_)) if options.allow_rollback => None,
+            Some(Err(e)) => return Err(e),
+        };
+        let head = head::verified_master(&conn, &store_id, &keys.head_key)
+            .map_err(|e| StoreError::from_sqlite_in(path, e))?;
+        match seen {
+            Some(seen) if head < seen && !options.allow_rollback => {
+                return Err(StoreError::Rollback {
+                    path: path.to_owned(),
+                    found: head,
+                    seen,
+                })
+            }
+            Some(seen) if head == seen => {}
+            _ => {
+                if let Some(state) = &state {
+                    state.save(&keys.state_key, &store_id, head, options.allow_rollback);
+                }
+            }
         }
+        Ok(Store {
+            conn,
+            keys,
+            head_seen: head,
+            state,
+        })
+    }
+
+    /// The id of the slot `cred` unlocks, if any.
+    pub(crate) fn matching_slot_id(&self, cred: &Credential) -> Result<Option<i64>> {
+        matching_slot(&self.conn, &self.keys.path, &self.keys.store_id, cred)
+    }
+
+    /// Takes new keys after a rotation committed at head `seq`.
+    pub(crate) fn replace_keys(&mut self, keys: Keys, seq: i64) {
+        self.keys = keys;
+        self.head_seen = seq;
+        if let Some(state) = &self.state {
+            state.save(&self.keys.state_key, &self.keys.store_id, seq, false);
+        }
+    }
+
+    /// The store head (its authenticated change counter) as last verified or committed.
+    pub fn head(&self) -> i64 {
+        self.head_seen
     }
 
     /// The store file.
@@ -124,6 +220,9 @@ impl Store {
 
     /// Runs `f` in an immediate (write-locking) transaction, so concurrent writers serialize
     /// instead of losing updates, and bumps the change counter before committing.
+    ///
+    /// The head is verified first (a forged or rolled-back counter is never re-MAC'd into an
+    /// authentic one), and re-MAC'd for every vault that exists at commit.
     pub(crate) fn write_txn<T>(
         &mut self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, i64, &Keys) -> Result<T>,
@@ -134,12 +233,28 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sqlite)?;
+        let current = head::verified_master(&tx, &keys.store_id, &keys.head_key)
+            .map_err(|e| StoreError::from_sqlite_in(&keys.path, e))?;
+        if current < self.head_seen {
+            return Err(StoreError::Rollback {
+                path: keys.path.clone(),
+                found: current,
+                seen: self.head_seen,
+            });
+        }
         let generation = db::bump_generation(&tx).map_err(sqlite)?;
-        let out = f(&tx, generation, keys).map_err(|e| match e {
-            StoreError::Sqlite(inner) => sqlite(inner),
-            other => other,
-        })?;
+        let out = f(&tx, generation, keys)
+            .and_then(|out| {
+                let vault_keys = keys.vault_head_keys(&tx)?;
+                head::seal(&tx, &keys.store_id, &keys.head_key, generation, &vault_keys)?;
+                Ok(out)
+            })
+            .map_err(|e| StoreError::from_sqlite_in(&keys.path, e))?;
         tx.commit().map_err(sqlite)?;
+        self.head_seen = generation;
+        if let Some(state) = &self.state {
+            state.save(&self.keys.state_key, &self.keys.store_id, generation, false);
+        }
         Ok(out)
     }
 
@@ -149,25 +264,43 @@ impl Store {
     pub fn key_slots(&self) -> Result<Vec<SlotInfo>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, kind, params, created_ns FROM key_slots ORDER BY id")?;
+            .prepare("SELECT id, kind, params, created_ns, label FROM key_slots ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             Ok(keyslot::info(
                 r.get(0)?,
                 r.get(1)?,
                 &r.get::<_, String>(2)?,
                 r.get(3)?,
+                r.get(4)?,
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Adds a slot for `cred` and returns its id.
-    pub fn add_key_slot(&mut self, cred: &Credential, kdf: KdfParams) -> Result<i64> {
+    /// Adds a slot for `cred`, with an optional `label` shown by `key list`, and returns its
+    /// id. A credential that already unlocks a slot is refused ([`StoreError::DuplicateKey`]):
+    /// a second slot for it would only make `key remove` look effective when it is not.
+    pub fn add_key_slot(
+        &mut self,
+        cred: &Credential,
+        kdf: KdfParams,
+        label: Option<&str>,
+    ) -> Result<i64> {
+        if let Some(id) = matching_slot(&self.conn, &self.keys.path, &self.keys.store_id, cred)? {
+            return Err(StoreError::DuplicateKey(id));
+        }
         let slot = keyslot::wrap(&self.keys.store_id, &self.keys.master, cred, kdf)?;
         self.write_txn(|tx, _, _| {
             tx.execute(
-                "INSERT INTO key_slots (kind, params, wrapped, created_ns) VALUES (?1, ?2, ?3, ?4)",
-                params![slot.kind, slot.params, slot.wrapped, records::now_ns()],
+                "INSERT INTO key_slots (kind, params, wrapped, created_ns, label)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    slot.kind,
+                    slot.params,
+                    slot.wrapped,
+                    records::now_ns(),
+                    label
+                ],
             )?;
             Ok(tx.last_insert_rowid())
         })
@@ -221,7 +354,7 @@ impl Store {
                 return Err(StoreError::VaultExists(name));
             }
             tx.execute(
-                "INSERT INTO vaults (version, name_tag, sealed) VALUES (1, ?1, x'')",
+                "INSERT INTO vaults (version, name_tag, wrapped_key, sealed) VALUES (1, ?1, x'', x'')",
                 [&tag[..]],
             )?;
             let id = tx.last_insert_rowid();
@@ -233,10 +366,11 @@ impl Store {
                 created_ns: records::now_ns(),
                 version: 1,
             };
-            let sealed = keys.seal_vault(&info, &vault_key);
+            let wrapped = keys.wrap_vault_key(id, &vault_key);
+            let sealed = seal_vault_record(&keys.store_id, &info, &vault_key);
             tx.execute(
-                "UPDATE vaults SET sealed = ?1 WHERE id = ?2",
-                params![sealed, id],
+                "UPDATE vaults SET wrapped_key = ?1, sealed = ?2 WHERE id = ?3",
+                params![wrapped, sealed, id],
             )?;
             Ok(info)
         })
@@ -246,13 +380,13 @@ impl Store {
     pub fn list_vaults(&self) -> Result<Vec<VaultInfo>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, version, sealed FROM vaults")?;
-        let rows: Vec<(i64, i64, Vec<u8>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .prepare("SELECT id, version, wrapped_key, sealed FROM vaults")?;
+        let rows: Vec<VaultRow> = stmt
+            .query_map([], vault_row)?
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (id, version, sealed) in rows {
-            out.push(self.keys.open_vault_row(id, version, &sealed)?.info);
+        for row in rows {
+            out.push(self.keys.open_vault_row(&row)?.info);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -284,7 +418,7 @@ impl Store {
                 info.acl.mode = m & crate::acl::MODE_MASK;
             }
             info.version += 1;
-            let sealed = keys.seal_vault(&info, &vault.key);
+            let sealed = seal_vault_record(&keys.store_id, &info, &vault.key);
             tx.execute(
                 "UPDATE vaults SET version = ?1, sealed = ?2 WHERE id = ?3",
                 params![info.version, sealed, info.id],
@@ -317,7 +451,12 @@ impl Store {
     }
 }
 
-fn unlock(conn: &Connection, path: &Path, store_id: &[u8; 16], cred: &Credential) -> Result<Key> {
+pub(crate) fn unlock(
+    conn: &Connection,
+    path: &Path,
+    store_id: &[u8; 16],
+    cred: &Credential,
+) -> Result<Key> {
     let mut stmt = conn
         .prepare("SELECT kind, params, wrapped FROM key_slots ORDER BY id")
         .map_err(|e| StoreError::from_sqlite(path, e))?;
@@ -330,68 +469,286 @@ fn unlock(conn: &Connection, path: &Path, store_id: &[u8; 16], cred: &Credential
         .ok_or(StoreError::WrongKey)
 }
 
+/// The id of the slot `cred` unlocks, if any.
+fn matching_slot(
+    conn: &Connection,
+    path: &Path,
+    store_id: &[u8; 16],
+    cred: &Credential,
+) -> Result<Option<i64>> {
+    let mut stmt = conn
+        .prepare("SELECT id, kind, params, wrapped FROM key_slots ORDER BY id")
+        .map_err(|e| StoreError::from_sqlite(path, e))?;
+    let slots: Vec<(i64, String, String, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(slots.iter().find_map(|(id, kind, params, wrapped)| {
+        keyslot::unwrap(store_id, cred, kind, params, wrapped).map(|_| *id)
+    }))
+}
+
+/// A vault row as stored: id, version, the vault key wrapped by the master key, and the vault's
+/// record sealed under the vault key.
+pub(crate) struct VaultRow {
+    pub id: i64,
+    pub version: i64,
+    pub wrapped_key: Vec<u8>,
+    pub sealed: Vec<u8>,
+}
+
+pub(crate) fn vault_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VaultRow> {
+    Ok(VaultRow {
+        id: r.get(0)?,
+        version: r.get(1)?,
+        wrapped_key: r.get(2)?,
+        sealed: r.get(3)?,
+    })
+}
+
+fn vault_record_aad(store_id: &[u8; 16], id: i64, version: i64) -> Vec<u8> {
+    crypto::aad("vaultfs vault v2", store_id, &[id, version])
+}
+
+/// Seals a vault row's record under the vault's own key.
+pub(crate) fn seal_vault_record(store_id: &[u8; 16], info: &VaultInfo, vault_key: &Key) -> Vec<u8> {
+    let record = VaultRecord {
+        v: RECORD_VERSION,
+        name: info.name.clone(),
+        acl: info.acl.clone(),
+        created_ns: info.created_ns,
+    };
+    records::seal_json(
+        vault_key,
+        &vault_record_aad(store_id, info.id, info.version),
+        &record,
+    )
+}
+
+/// Opens a vault row's record with the vault key alone: what a reader (which holds no master
+/// key) does to follow changes of its vault's defaults.
+pub(crate) fn open_vault_record(
+    store_id: &[u8; 16],
+    id: i64,
+    version: i64,
+    sealed: &[u8],
+    vault_key: &Key,
+) -> Result<VaultInfo> {
+    let record: VaultRecord = records::open_json(
+        vault_key,
+        &vault_record_aad(store_id, id, version),
+        sealed,
+        || format!("vault row #{id}"),
+    )?;
+    Ok(VaultInfo {
+        id,
+        name: record.name.clone(),
+        acl: record.acl.clone(),
+        created_ns: record.created_ns,
+        version,
+    })
+}
+
 impl Keys {
-    fn vault_aad(&self, id: i64, version: i64) -> Vec<u8> {
-        crypto::aad("vaultfs vault v1", &self.store_id, &[id, version])
+    /// The master key, for migration's format-1 rows.
+    pub(crate) fn master(&self) -> &Key {
+        &self.master
     }
 
-    /// Seals a vault row's content.
-    fn seal_vault(&self, info: &VaultInfo, vault_key: &Key) -> Vec<u8> {
-        let record = VaultRecord {
-            v: RECORD_VERSION,
-            name: info.name.clone(),
-            key: crypto::to_hex(vault_key.expose()),
-            acl: info.acl.clone(),
-            created_ns: info.created_ns,
-        };
-        records::seal_json(
-            &self.master,
-            &self.vault_aad(info.id, info.version),
-            &record,
-        )
+    /// The master-derived head key.
+    pub(crate) fn head_key(&self) -> &Key {
+        &self.head_key
     }
 
-    /// Opens a vault row.
-    pub(crate) fn open_vault_row(&self, id: i64, version: i64, sealed: &[u8]) -> Result<OpenVault> {
+    pub(crate) fn new(path: &Path, store_id: [u8; 16], master: Key) -> Keys {
+        Keys {
+            path: path.to_owned(),
+            store_id,
+            vault_tag_key: master.derive("vaultfs 2026 vault name tag v1"),
+            head_key: master.derive("vaultfs 2026 master head v2"),
+            state_key: master.derive("vaultfs 2026 state file v2"),
+            master,
+        }
+    }
+
+    /// The index tag of a vault name.
+    pub(crate) fn vault_name_tag(&self, name: &str) -> [u8; 32] {
+        crypto::name_tag(&self.vault_tag_key, 0, name)
+    }
+
+    fn vault_key_aad(&self, id: i64) -> Vec<u8> {
+        crypto::aad("vaultfs vault key v2", &self.store_id, &[id])
+    }
+
+    /// Wraps a vault key under the master key, bound to this store and vault id.
+    pub(crate) fn wrap_vault_key(&self, id: i64, vault_key: &Key) -> Vec<u8> {
+        crypto::seal(&self.master, &self.vault_key_aad(id), vault_key.expose())
+    }
+
+    fn unwrap_vault_key(&self, id: i64, wrapped: &[u8]) -> Result<Key> {
         let what = || format!("vault row #{id}");
-        let record: VaultRecord =
-            records::open_json(&self.master, &self.vault_aad(id, version), sealed, what)?;
-        let key_bytes = zeroize::Zeroizing::new(
-            crypto::from_hex(&record.key).ok_or_else(|| StoreError::Tampered { what: what() })?,
-        );
-        let key =
-            Key::from_slice(&key_bytes).ok_or_else(|| StoreError::Tampered { what: what() })?;
-        let info = VaultInfo {
-            id,
-            name: record.name.clone(),
-            acl: record.acl.clone(),
-            created_ns: record.created_ns,
-            version,
-        };
+        let bytes = crypto::open(&self.master, &self.vault_key_aad(id), wrapped)
+            .ok_or_else(|| StoreError::Tampered { what: what() })?;
+        Key::from_slice(bytes.expose()).ok_or_else(|| StoreError::Tampered { what: what() })
+    }
+
+    /// Opens a vault row: unwraps its key, then opens its record.
+    pub(crate) fn open_vault_row(&self, row: &VaultRow) -> Result<OpenVault> {
+        let key = self.unwrap_vault_key(row.id, &row.wrapped_key)?;
+        let info = open_vault_record(&self.store_id, row.id, row.version, &row.sealed, &key)?;
         Ok(OpenVault::new(info, key))
+    }
+
+    /// The head key of every vault, to re-MAC the head at commit.
+    fn vault_head_keys(&self, conn: &Connection) -> Result<Vec<(i64, Key)>> {
+        let rows: Vec<(i64, Vec<u8>)> = conn
+            .prepare_cached("SELECT id, wrapped_key FROM vaults")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(id, wrapped)| Ok((id, vault_head_key(&self.unwrap_vault_key(id, &wrapped)?))))
+            .collect()
     }
 
     /// Finds and opens the vault called `name`.
     pub(crate) fn open_vault_by_name(&self, conn: &Connection, name: &str) -> Result<OpenVault> {
         let tag = crypto::name_tag(&self.vault_tag_key, 0, name);
-        let row: Option<(i64, i64, Vec<u8>)> = conn
-            .prepare_cached("SELECT id, version, sealed FROM vaults WHERE name_tag = ?1")?
-            .query_row([&tag[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        let row: Option<VaultRow> = conn
+            .prepare_cached(
+                "SELECT id, version, wrapped_key, sealed FROM vaults WHERE name_tag = ?1",
+            )?
+            .query_row([&tag[..]], vault_row)
             .optional()?;
-        let (id, version, sealed) = row.ok_or_else(|| StoreError::NoSuchVault(name.to_owned()))?;
-        let vault = self
-            .open_vault_row(id, version, &sealed)
-            .map_err(|e| match e {
-                StoreError::Tampered { .. } => StoreError::Tampered {
-                    what: format!("vault {name:?}"),
-                },
-                other => other,
-            })?;
+        let row = row.ok_or_else(|| StoreError::NoSuchVault(name.to_owned()))?;
+        let vault = self.open_vault_row(&row).map_err(|e| match e {
+            StoreError::Tampered { .. } => StoreError::Tampered {
+                what: format!("vault {name:?}"),
+            },
+            other => other,
+        })?;
         if vault.info.name != name {
             return Err(StoreError::Tampered {
                 what: format!("vault {name:?}"),
             });
         }
         Ok(vault)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretBytes;
+
+    fn key_file(byte: u8) -> Credential {
+        Credential::KeyFile(SecretBytes::new(vec![byte; 32]))
+    }
+
+    #[test]
+    fn slots_carry_labels_and_refuse_a_credential_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut store = Store::create(&path, &key_file(1), KdfParams::default()).unwrap();
+        let id = store
+            .add_key_slot(&key_file(2), KdfParams::default(), Some("backup"))
+            .unwrap();
+        let slots = store.key_slots().unwrap();
+        assert_eq!(slots.len(), 2);
+        assert_eq!(slots[0].label, None);
+        assert_eq!(slots[1].id, id);
+        assert_eq!(slots[1].label.as_deref(), Some("backup"));
+        for again in [1, 2] {
+            assert!(matches!(
+                store.add_key_slot(&key_file(again), KdfParams::default(), None),
+                Err(StoreError::DuplicateKey(_))
+            ));
+        }
+        assert_eq!(store.key_slots().unwrap().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod rotate_tests {
+    use super::*;
+    use crate::secret::SecretBytes;
+    use crate::Address;
+
+    fn key_file(byte: u8) -> Credential {
+        Credential::KeyFile(SecretBytes::new(vec![byte; 32]))
+    }
+
+    #[test]
+    fn rotation_reseals_everything_and_leaves_one_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut store = Store::create(&path, &key_file(1), KdfParams::default()).unwrap();
+        store
+            .add_key_slot(&key_file(2), KdfParams::default(), None)
+            .unwrap();
+        store
+            .create_vault(
+                "v",
+                VaultAcl {
+                    owner: "root".into(),
+                    group: "root".into(),
+                    mode: 0o400,
+                },
+            )
+            .unwrap();
+        let big: Vec<u8> = (0..200_000).map(|i| i as u8).collect();
+        store
+            .write(&Address::parse("v:/d/big").unwrap(), &big)
+            .unwrap();
+        store.write(&Address::parse("v:/e").unwrap(), b"").unwrap();
+        let before: Vec<Vec<u8>> = store
+            .conn
+            .prepare("SELECT meta FROM entries ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(matches!(
+            store.rotate_keys(&key_file(9), KdfParams::default()),
+            Err(StoreError::WrongKey)
+        ));
+        let done = store
+            .rotate_keys(&key_file(1), KdfParams::default())
+            .unwrap();
+        assert_eq!(done.removed_slots, vec![1, 2]);
+        assert_eq!(done.entries, 3);
+        assert_eq!(
+            store
+                .read(&Address::parse("v:/d/big").unwrap())
+                .unwrap()
+                .expose(),
+            &big[..]
+        );
+        drop(store);
+        let options = OpenOptions {
+            allow_rollback: false,
+            state_dir: None,
+        };
+        assert!(matches!(
+            Store::open_with(&path, &key_file(2), &options),
+            Err(StoreError::WrongKey)
+        ));
+        let store = Store::open_with(&path, &key_file(1), &options).unwrap();
+        assert_eq!(
+            store.read(&Address::parse("v:/e").unwrap()).unwrap().len(),
+            0
+        );
+        assert_eq!(
+            store.list(&Address::parse("v:/d").unwrap()).unwrap().len(),
+            1
+        );
+        let after: Vec<Vec<u8>> = store
+            .conn
+            .prepare("SELECT meta FROM entries ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(before.iter().zip(&after).all(|(a, b)| a != b));
     }
 }

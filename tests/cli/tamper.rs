@@ -245,6 +245,20 @@ fn vault_row_is_refused() {
     t.swap("vaults", "name_tag", v, w);
     assert_eq!(t.ts.cat("v:/a"), t.a, "swapped back");
 
+    // The vault keys (wrapped by the master key, bound to their row) swapped: v must not open
+    // with w's key, nor w with v's; nor a whole vault row (key and record) moved to another id.
+    t.swap("vaults", "wrapped_key", v, w);
+    t.refused(&["cat", "v:/a"], "vault \"v\"");
+    t.refused(&["cat", "w:/a"], "vault \"w\"");
+    for col in ["name_tag", "sealed"] {
+        t.swap("vaults", col, v, w);
+    }
+    t.refused(&["cat", "v:/a"], "vault \"v\"");
+    for col in ["name_tag", "sealed", "wrapped_key"] {
+        t.swap("vaults", col, v, w);
+    }
+    assert_eq!(t.ts.cat("v:/a"), t.a, "swapped back");
+
     // One bit of v's sealed row (its name, key and default ACL).
     t.flip("vaults", "sealed", v);
     t.refused(&["cat", "v:/a"], "vault \"v\"");

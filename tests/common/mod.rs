@@ -192,6 +192,7 @@ impl TestStore {
         cmd.env("VAULTFS_STORE", &self.store)
             .env("VAULTFS_KEY_FILE", &self.key)
             .env("TMPDIR", self.tmpdir())
+            .env("VAULTFS_STATE_DIR", self.dir.path().join("state"))
             .env_remove("VAULTFS_LOG")
             .env_remove("RUST_LOG");
         // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
