@@ -14,6 +14,8 @@ mod import;
 
 // The FUSE mount: attributes, permissions, rotation, signals, stale mounts, stalls.
 mod mount;
+// Mountpoints under attack: symlinks, created paths, dead foreign mounts, umount.
+mod mountpoints;
 // Real clients through a mount: nix, curl, ssh-keygen, bubblewrap.
 mod clients;
 // The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.

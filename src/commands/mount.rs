@@ -1,7 +1,5 @@
 //! `mount` and `umount`.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -56,38 +54,20 @@ pub fn mount(
 /// Unmounts a vaultfs mount; its daemon sees the session end and exits 0.
 pub fn umount(mountpoint: &Path) -> Result<()> {
     let path = absolute(mountpoint)?;
-    if !vaultfs_fs::is_vaultfs_mount(&path).context("cannot read /proc/self/mountinfo")? {
-        crate::exit::usage!("{}: not a vaultfs mount", path.display());
+    match vaultfs_fs::unmount(&path) {
+        Ok(vaultfs_fs::Unmounted::Clean) => Ok(()),
+        Ok(vaultfs_fs::Unmounted::Detached) => {
+            eprintln!(
+                "vaultfs: {} is busy; detached it (the daemon exits when its last file closes)",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(vaultfs_fs::UnmountError::NotVaultfs(p)) => {
+            crate::exit::usage!("{}: not a vaultfs mount", p.display())
+        }
+        // A path that does not exist or cannot be walked safely: the argument is wrong.
+        Err(vaultfs_fs::UnmountError::Path(reason)) => crate::exit::usage!("{reason}"),
+        Err(e) => Err(e.into()),
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        let status = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&path)
-            .status()
-            .context("cannot run fusermount3")?;
-        anyhow::ensure!(
-            status.success(),
-            "fusermount3 could not unmount {}",
-            path.display()
-        );
-        return Ok(());
-    }
-    let c = CString::new(path.as_os_str().as_bytes()).context("path holds a NUL byte")?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EBUSY) {
-        // Files are open: detach now; the daemon exits when the last one closes.
-        vaultfs_fs::detach(&path).with_context(|| format!("cannot detach {}", path.display()))?;
-        eprintln!(
-            "vaultfs: {} is busy; detached it (the daemon exits when its last file closes)",
-            path.display()
-        );
-        return Ok(());
-    }
-    Err(err).with_context(|| format!("cannot unmount {}", path.display()))
 }

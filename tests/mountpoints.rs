@@ -1,0 +1,296 @@
+//! Mountpoints under attack: root mounts into directories another user controls, and that
+//! user plants symlinks, dead FUSE mounts and odd paths. Each attack runs as a real second
+//! user (`vfs-mnt-*`); each test is bounded in time and leaves nothing mounted.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{require_tool, TestStore};
+use crate::mounts::{as_user, can_mount, is_mounted, user, wait_until, MountGuard};
+
+/// A directory owned by `name` inside the test's dir: the place root is asked to mount into.
+fn home_of(ts: &TestStore, name: &str) -> PathBuf {
+    let uid = user(name, None);
+    let home = ts.path(&format!("home-{name}"));
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(uid), None).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+    home
+}
+
+fn run_as(name: &str, script: &str) {
+    let out = as_user(name, script);
+    assert!(out.status.success(), "as {name}: {script}: {out:?}");
+}
+
+/// Anything mounted exactly at `path`, vaultfs or not.
+fn anything_mounted_at(path: &Path) -> bool {
+    vaultfs_fs::mountinfo::mounted_at(path).unwrap().is_some()
+}
+
+/// `vaultfs mount` that must fail with one line naming `needle`; whatever it mounted anyway
+/// (old code) is unmounted by the guards.
+fn mount_refused(ts: &TestStore, source: &str, at: &Path, also: &[&Path], needle: &str) -> String {
+    let _guards: Vec<MountGuard> = [at]
+        .iter()
+        .chain(also.iter())
+        .map(|p| MountGuard {
+            path: p.to_path_buf(),
+        })
+        .collect();
+    let out = ts.run(&["mount", source, at.to_str().unwrap()], b"");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    for p in also {
+        assert!(
+            !anything_mounted_at(p),
+            "mounting at {} mounted over {} (stderr: {err})",
+            at.display(),
+            p.display()
+        );
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "mount at {}: {err}",
+        at.display()
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "{needle:?} not in: {err}");
+    err
+}
+
+#[test]
+fn a_symlink_another_user_controls_is_never_followed_to_mount() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    ts.write("app:/s", b"value");
+    let eve = "vfs-mnt-eve";
+    let home = home_of(&ts, eve);
+    // Root's directory and root's 0600 file: what eve wants a vault mounted over.
+    let target = ts.path("etc-like");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(target.join("keep"), b"root's").unwrap();
+    let secret = ts.path("shadow-like");
+    std::fs::write(&secret, b"root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The mountpoint itself is a symlink.
+    let vault = home.join("vault");
+    run_as(
+        eve,
+        &format!("ln -s '{}' '{}'", target.display(), vault.display()),
+    );
+    let err = mount_refused(&ts, "app", &vault, &[&target], "is a symlink");
+    assert!(
+        err.contains(&vault.display().to_string()),
+        "names the component: {err}"
+    );
+    assert!(err.contains(eve), "says who can swap it: {err}");
+
+    // A component in the middle is a symlink.
+    let link = home.join("link");
+    run_as(
+        eve,
+        &format!("ln -s '{}' '{}'", ts.dir.path().display(), link.display()),
+    );
+    let err = mount_refused(
+        &ts,
+        "app",
+        &link.join("etc-like"),
+        &[&target],
+        "is a symlink",
+    );
+    assert!(
+        err.contains(&link.display().to_string()),
+        "names the component: {err}"
+    );
+
+    // One secret onto a root-owned file through a symlink.
+    let tok = home.join("tok");
+    run_as(
+        eve,
+        &format!("ln -s '{}' '{}'", secret.display(), tok.display()),
+    );
+    mount_refused(&ts, "app:/s", &tok, &[&secret], "is a symlink");
+    let meta = std::fs::metadata(&secret).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    assert_eq!(std::fs::read(&secret).unwrap(), b"root only");
+    assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"root's");
+
+    // A real directory in eve's home is fine: root mounts on exactly that object.
+    let real = home.join("real");
+    run_as(eve, &format!("mkdir '{}'", real.display()));
+    let _m = ts.mount("app", &real);
+    assert_eq!(std::fs::read(real.join("s")).unwrap(), b"value");
+}
+
+#[test]
+fn missing_mountpoints_are_created_0755_through_fds_never_through_a_symlink() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    ts.write("app:/s", b"value");
+    let eve = "vfs-mnt-eve2";
+    let home = home_of(&ts, eve);
+    // Root's private directory, which must not gain directories (or a mount) from eve.
+    let private = ts.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = home.join("link");
+    run_as(
+        eve,
+        &format!("ln -s '{}' '{}'", private.display(), link.display()),
+    );
+    mount_refused(
+        &ts,
+        "app",
+        &link.join("new/dir"),
+        &[&private.join("new/dir")],
+        "is a symlink",
+    );
+    assert!(
+        !private.join("new").exists(),
+        "a directory was created through eve's symlink"
+    );
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().mode() & 0o7777,
+        0o700,
+        "root's directory kept its mode"
+    );
+
+    // Created directories get exactly 0755 (the daemon's umask is 077), the file 0400.
+    let deep = ts.path("fresh/a/b");
+    let m = ts.mount("app", &deep);
+    drop(m);
+    for p in ["fresh", "fresh/a"] {
+        let mode = std::fs::metadata(ts.path(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{p}");
+    }
+    let tok = ts.path("fresh2/tok");
+    let _m = ts.mount("app:/s", &tok);
+    let mode = std::fs::metadata(ts.path("fresh2")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+    assert_eq!(std::fs::read(&tok).unwrap(), b"value");
+}
+
+#[test]
+fn a_dead_fuse_mount_that_is_not_vaultfs_is_left_alone() {
+    if !can_mount() || !require_tool("gocryptfs") {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    ts.write("app:/s", b"value");
+    let cipher = ts.path("cipher");
+    let mnt = ts.path("gmnt");
+    std::fs::create_dir(&cipher).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = MountGuard { path: mnt.clone() };
+    let init = Command::new("gocryptfs")
+        .args(["-init", "-q", "-extpass", "echo pw", "-scryptn", "10"])
+        .arg(&cipher)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "gocryptfs -init: {init:?}");
+    // Its source even claims to be a vault: only vaultfs's own type counts.
+    let mut server = Command::new("gocryptfs")
+        .args(["-f", "-q", "-extpass", "echo pw", "-fsname", "vaultfs:app"])
+        .arg(&cipher)
+        .arg(&mnt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the gocryptfs mount", || {
+        anything_mounted_at(&mnt)
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let err = std::fs::read_dir(&mnt).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+
+    let err = ts.fails(&["mount", "app", mnt.to_str().unwrap()], 1);
+    assert!(err.contains("not vaultfs"), "{err}");
+    assert!(err.contains(mnt.to_str().unwrap()), "{err}");
+    let entry = vaultfs_fs::mountinfo::mounted_at(&mnt).unwrap();
+    assert!(
+        entry.is_some_and(|e| e.fs_type == "fuse.gocryptfs"),
+        "the dead gocryptfs mount was detached"
+    );
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn a_dead_vaultfs_mount_is_still_cleared() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    ts.write("app:/s", b"value");
+    let mnt = ts.path("mnt");
+    let (mut daemon, _g) = ts.mount_foreground("app", &mnt);
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert_eq!(
+        std::fs::read_dir(&mnt).unwrap_err().raw_os_error(),
+        Some(libc::ENOTCONN)
+    );
+    let out = ts.run(&["mount", "app", &format!("{}/", mnt.display())], b"");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(mnt.join("s")).unwrap(), b"value");
+    ts.ok(&["umount", mnt.to_str().unwrap()]);
+}
+
+#[test]
+fn umount_takes_a_trailing_slash_and_removes_what_mount_created() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    ts.write("app:/s", b"value");
+    let created = ts.path("made/here");
+    let _g = ts.mount("app", &created);
+    ts.ok(&["umount", &format!("{}/", created.display())]);
+    assert!(!is_mounted(&created));
+    wait_until(
+        Duration::from_secs(10),
+        "the created mountpoint to go",
+        || !created.exists(),
+    );
+    assert!(
+        ts.path("made").is_dir(),
+        "only the mountpoint itself is removed"
+    );
+
+    let file = ts.path("made/tok");
+    let _g = ts.mount("app:/s", &file);
+    ts.ok(&["umount", file.to_str().unwrap()]);
+    wait_until(Duration::from_secs(10), "the created file to go", || {
+        !file.exists()
+    });
+
+    // A mountpoint that was there before stays.
+    let existing = ts.path("existing");
+    std::fs::create_dir(&existing).unwrap();
+    let (mut daemon, _g) = ts.mount_foreground("app", &existing);
+    ts.ok(&["umount", &format!("{}//", existing.display())]);
+    let status = crate::mounts::within(Duration::from_secs(10), "daemon exit", move || {
+        daemon.wait().unwrap()
+    });
+    assert!(status.success());
+    assert!(existing.is_dir());
+
+    // Something not vaultfs at the path: a usage error, nothing unmounted.
+    let out = ts.run(&["umount", existing.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
