@@ -182,7 +182,7 @@ fn missing_mountpoints_are_created_0755_through_fds_never_through_a_symlink() {
 }
 
 #[test]
-fn a_dead_fuse_mount_that_is_not_vaultfs_is_left_alone() {
+fn only_a_dead_vaultfs_mount_is_cleared_never_another_dead_fuse_mount() {
     if !can_mount() || !require_tool("gocryptfs") {
         return;
     }
@@ -226,28 +226,18 @@ fn a_dead_fuse_mount_that_is_not_vaultfs_is_left_alone() {
         "the dead gocryptfs mount was detached"
     );
     assert!(!is_mounted(&mnt));
-}
 
-#[test]
-fn a_dead_vaultfs_mount_is_still_cleared() {
-    if !can_mount() {
-        return;
-    }
-    let ts = TestStore::new();
-    ts.vault("app", &[]);
-    ts.write("app:/s", b"value");
-    let mnt = ts.path("mnt");
-    let (mut daemon, _g) = ts.mount_foreground("app", &mnt);
+    // A dead vaultfs mount, by contrast, is cleared.
+    let ours = ts.path("mnt");
+    let (mut daemon, _g) = ts.mount_foreground("app", &ours);
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     assert_eq!(
-        std::fs::read_dir(&mnt).unwrap_err().raw_os_error(),
+        std::fs::read_dir(&ours).unwrap_err().raw_os_error(),
         Some(libc::ENOTCONN)
     );
-    let out = ts.run(&["mount", "app", &format!("{}/", mnt.display())], b"");
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(std::fs::read(mnt.join("s")).unwrap(), b"value");
-    ts.ok(&["umount", mnt.to_str().unwrap()]);
+    let _m = ts.mount("app", &ours);
+    assert_eq!(std::fs::read(ours.join("s")).unwrap(), b"value");
 }
 
 #[test]
@@ -293,4 +283,48 @@ fn umount_takes_a_trailing_slash_and_removes_what_mount_created() {
     // Something not vaultfs at the path: a usage error, nothing unmounted.
     let out = ts.run(&["umount", existing.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn without_root_a_mountpoint_another_user_can_change_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    let eve = "vfs-mnt-eve3";
+    let bob = "vfs-mnt-bob";
+    let eve_home = home_of(&ts, eve);
+    let bob_home = home_of(&ts, bob);
+    // Eve offers bob a directory in her home; she can swap it (or a symlink) at any time,
+    // and without root the path, not an fd, goes to fusermount3.
+    let offered = eve_home.join("for-bob");
+    run_as(
+        eve,
+        &format!("mkdir '{0}' && chmod 777 '{0}'", offered.display()),
+    );
+    let bin = crate::common::vaultfs_bin();
+    let script = format!(
+        "set -e; export VAULTFS_STORE='{h}/store/store.db' VAULTFS_KEY_FILE='{h}/key' TMPDIR='{h}'; \
+         '{b}' keygen '{h}/key' >/dev/null 2>&1; '{b}' init >/dev/null 2>&1; \
+         '{b}' vault create app >/dev/null 2>&1; printf v | '{b}' write app:/s 2>/dev/null; exec '{b}' mount app '{m}'",
+        h = bob_home.display(),
+        b = bin.display(),
+        m = offered.display(),
+    );
+    let _g = MountGuard {
+        path: offered.clone(),
+    };
+    let out = crate::mounts::within(Duration::from_secs(60), "bob's mount", move || {
+        as_user(bob, &script)
+    });
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // (Without root the daemon may also warn that it cannot lock its memory.)
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("vaultfs:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert!(
+        errors[0].contains(&format!("can be replaced by user {eve}")),
+        "names who can change it: {err}"
+    );
+    assert!(!anything_mounted_at(&offered));
 }

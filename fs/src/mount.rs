@@ -213,7 +213,7 @@ fn prepare_mountpoint(
                 return Err(MountError::AlreadyMounted(found.path));
             }
         }
-        let rootmode = mountpoint::check_kind(&found, kind).map_err(fail)?;
+        let rootmode = mountpoint::check_kind(&found, kind, path).map_err(fail)?;
         return Ok((found, rootmode));
     }
     Err(fail("too many dead mounts stacked there".into()))

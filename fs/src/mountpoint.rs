@@ -324,21 +324,25 @@ pub(crate) fn walk(path: &Path, create_as: Option<Kind>, strict: bool) -> Result
 }
 
 /// The kind of the object `fd` refers to, for the mount's `rootmode`, or why it is unfit.
-pub(crate) fn check_kind(found: &Found, kind: Kind) -> Result<u32, String> {
+pub(crate) fn check_kind(found: &Found, kind: Kind, asked: &Path) -> Result<u32, String> {
     let st = fstat(&found.fd).map_err(|e| format!("{}: {}", found.path.display(), e.desc()))?;
+    let asked: PathBuf = asked.components().collect();
+    let it = if found.path == asked {
+        "it".to_string()
+    } else {
+        format!("{} (where it leads)", found.path.display())
+    };
     match kind {
         Kind::Dir if is_kind(&st, SFlag::S_IFDIR) => {}
         Kind::File if is_kind(&st, SFlag::S_IFREG) => {}
         Kind::Dir => {
             return Err(format!(
-                "{} is not a directory; a vault or directory mounts on a directory",
-                found.path.display()
+                "{it} is not a directory; a vault or directory mounts on a directory"
             ))
         }
         Kind::File => {
             return Err(format!(
-                "{} is not a regular file; a single secret mounts on a file",
-                found.path.display()
+                "{it} is not a regular file; a single secret mounts on a file"
             ))
         }
     }
@@ -414,8 +418,16 @@ mod tests {
         symlink(tmp.path().join("real"), tmp.path().join("link")).unwrap();
         let f = found(walk(&tmp.path().join("link/"), None, false).unwrap());
         assert_eq!(f.path, tmp.path().canonicalize().unwrap().join("real"));
-        assert_eq!(check_kind(&f, Kind::Dir).unwrap(), SFlag::S_IFDIR.bits());
-        assert!(check_kind(&f, Kind::File).is_err());
+        let asked = tmp.path().join("link");
+        assert_eq!(
+            check_kind(&f, Kind::Dir, &asked).unwrap(),
+            SFlag::S_IFDIR.bits()
+        );
+        let err = check_kind(&f, Kind::File, &asked).unwrap_err();
+        assert!(
+            err.contains("real (where it leads) is not a regular file"),
+            "{err}"
+        );
     }
 
     #[test]
