@@ -89,7 +89,24 @@ struct Place {
     parent: OwnedFd,
     name: OsString,
     id: Option<u32>,
-    created: Option<Created>,
+    created: parking_lot::Mutex<Option<Created>>,
+}
+
+impl Place {
+    /// Removes the mountpoint `mount` created, once; a no-op while anything is mounted on it
+    /// (the object found there is then another one).
+    fn remove_created(&self) {
+        if let Some(created) = self.created.lock().take() {
+            mountpoint::remove_created(&self.parent, &self.name, created);
+        }
+    }
+}
+
+impl Drop for Place {
+    /// Also covers a mount given up before it was served (another mount of `serve` failed).
+    fn drop(&mut self) {
+        self.remove_created();
+    }
 }
 
 /// A live mount. [`Mounted::run`] serves it until it is unmounted.
@@ -360,7 +377,7 @@ pub fn mount(
         parent: found.parent,
         name: found.name,
         id,
-        created: found.created,
+        created: parking_lot::Mutex::new(found.created),
     });
     let notifier = session.notifier();
     std::thread::Builder::new()
@@ -441,9 +458,7 @@ impl Mounted {
         // The refresher holds only a weak reference; dropping the last strong one stops it,
         // which drops the invalidation queue and so ends the notifier thread.
         drop(shared);
-        if let Some(created) = place.created {
-            mountpoint::remove_created(&place.parent, &place.name, created);
-        }
+        place.remove_created();
         result
     }
 }
