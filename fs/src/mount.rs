@@ -236,30 +236,68 @@ fn prepare_mountpoint(
     Err(fail("too many dead mounts stacked there".into()))
 }
 
-/// Mounts a FUSE filesystem for `vault` on exactly the object `found` refers to, with the
-/// options fuser would use as root. Returns the `/dev/fuse` fd for `Session::from_fd`.
-fn mount_direct(found: &Found, rootmode: u32, vault: &str) -> io::Result<OwnedFd> {
+/// The mount(2) arguments fuser's own root path derives from `config`: source (`FSName`),
+/// filesystem type (`fuse.` + `Subtype`), flags (nosuid and nodev unless `Suid`/`Dev`), and
+/// the options the kernel takes as text. One list of options serves both mount paths.
+fn direct_mount_args(config: &Config) -> (String, String, MsFlags, String) {
+    let mut source = "/dev/fuse".to_string();
+    let mut fs_type = "fuse".to_string();
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mut text = Vec::new();
+    for option in &config.mount_options {
+        match option {
+            MountOption::FSName(name) => source = name.clone(),
+            MountOption::Subtype(sub) => fs_type = format!("fuse.{sub}"),
+            MountOption::RO => flags |= MsFlags::MS_RDONLY,
+            MountOption::RW => flags -= MsFlags::MS_RDONLY,
+            MountOption::NoSuid => flags |= MsFlags::MS_NOSUID,
+            MountOption::Suid => flags -= MsFlags::MS_NOSUID,
+            MountOption::NoDev => flags |= MsFlags::MS_NODEV,
+            MountOption::Dev => flags -= MsFlags::MS_NODEV,
+            MountOption::NoExec => flags |= MsFlags::MS_NOEXEC,
+            MountOption::Exec => flags -= MsFlags::MS_NOEXEC,
+            MountOption::NoAtime => flags |= MsFlags::MS_NOATIME,
+            MountOption::Atime => flags -= MsFlags::MS_NOATIME,
+            MountOption::Sync => flags |= MsFlags::MS_SYNCHRONOUS,
+            MountOption::DirSync => flags |= MsFlags::MS_DIRSYNC,
+            MountOption::Async => flags -= MsFlags::MS_SYNCHRONOUS,
+            MountOption::DefaultPermissions => text.push("default_permissions".to_string()),
+            MountOption::CUSTOM(value) => text.push(value.clone()),
+            // fusermount3's business; never set for a direct mount.
+            MountOption::AutoUnmount => {}
+        }
+    }
+    if config.acl != SessionACL::Owner {
+        text.push("allow_other".to_string());
+    }
+    (source, fs_type, flags, text.join(","))
+}
+
+/// Mounts a FUSE filesystem on exactly the object `found` refers to, with the options fuser
+/// would use as root. Returns the `/dev/fuse` fd for `Session::from_fd`.
+fn mount_direct(found: &Found, rootmode: u32, config: &Config) -> io::Result<OwnedFd> {
     let dev: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/fuse")?
         .into();
-    let options = format!(
-        "fd={},rootmode={rootmode:o},user_id={},group_id={},default_permissions,allow_other",
+    let (source, fs_type, flags, extra) = direct_mount_args(config);
+    let mut options = format!(
+        "fd={},rootmode={rootmode:o},user_id={},group_id={}",
         dev.as_raw_fd(),
         nix::unistd::getuid(),
         nix::unistd::getgid(),
     );
+    if !extra.is_empty() {
+        options.push(',');
+        options.push_str(&extra);
+    }
     let target = PathBuf::from(format!("/proc/self/fd/{}", found.fd.as_raw_fd()));
     nix::mount::mount(
-        Some(format!("{SOURCE_PREFIX}{vault}").as_str()),
+        Some(source.as_str()),
         &target,
-        Some(FS_TYPE),
-        MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC
-            | MsFlags::MS_NOATIME,
+        Some(fs_type.as_str()),
+        flags,
         Some(options.as_str()),
     )?;
     Ok(dev)
@@ -343,7 +381,7 @@ pub fn mount(
         }
     };
     let (session, id) = if root {
-        let dev = mount_direct(&found, rootmode, &vault).map_err(|e| {
+        let dev = mount_direct(&found, rootmode, &config).map_err(|e| {
             remove_created(&found);
             mount_failed(e)
         })?;
@@ -460,5 +498,36 @@ impl Mounted {
         drop(shared);
         place.remove_created();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_mounts_get_the_options_fuser_would_pass() {
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("vaultfs:app".into()),
+            MountOption::Subtype("vaultfs".into()),
+            MountOption::RO,
+            MountOption::NoExec,
+            MountOption::NoAtime,
+            MountOption::DefaultPermissions,
+        ];
+        config.acl = SessionACL::All;
+        let (source, fs_type, flags, text) = direct_mount_args(&config);
+        assert_eq!(source, "vaultfs:app");
+        assert_eq!(fs_type, FS_TYPE);
+        assert_eq!(
+            flags,
+            MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_NOATIME
+        );
+        assert_eq!(text, "default_permissions,allow_other");
     }
 }
