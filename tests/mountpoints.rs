@@ -262,8 +262,12 @@ fn umount_takes_a_trailing_slash_and_removes_what_mount_created() {
         "only the mountpoint itself is removed"
     );
 
+    // One secret, the path given with a trailing slash (a file is still what is made).
     let file = ts.path("made/tok");
-    let _g = ts.mount("app:/s", &file);
+    let _g = MountGuard { path: file.clone() };
+    ts.ok(&["mount", "app:/s", &format!("{}/", file.display())]);
+    assert!(is_mounted(&file));
+    assert_eq!(std::fs::read(&file).unwrap(), b"value");
     ts.ok(&["umount", file.to_str().unwrap()]);
     wait_until(Duration::from_secs(10), "the created file to go", || {
         !file.exists()
@@ -283,6 +287,30 @@ fn umount_takes_a_trailing_slash_and_removes_what_mount_created() {
     // Something not vaultfs at the path: a usage error, nothing unmounted.
     let out = ts.run(&["umount", existing.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // Only while it is still the object mount made: one another user put there meanwhile stays.
+    let eve = "vfs-mnt-eve4";
+    let home = home_of(&ts, eve);
+    let mnt = home.join("mnt");
+    let (mut daemon, _g) = ts.mount_foreground("app", &mnt);
+    // A file held open keeps the detached mount, and so the daemon, alive after umount.
+    let held = std::fs::File::open(mnt.join("s")).unwrap();
+    let out = ts.run(&["umount", mnt.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy; detached"));
+    // The path is free at once: eve swaps root's empty directory for her own.
+    run_as(eve, &format!("rmdir '{0}' && mkdir '{0}'", mnt.display()));
+    drop(held);
+    let status = crate::mounts::within(Duration::from_secs(10), "daemon exit", move || {
+        daemon.wait().unwrap()
+    });
+    assert!(status.success(), "daemon exited with {status}");
+    let meta = std::fs::metadata(&mnt).expect("eve's directory was removed");
+    assert_eq!(
+        meta.uid(),
+        user(eve, None),
+        "not the directory vaultfs made"
+    );
 }
 
 #[test]

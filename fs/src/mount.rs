@@ -97,7 +97,7 @@ impl Place {
     /// (the object found there is then another one).
     fn remove_created(&self) {
         if let Some(created) = self.created.lock().take() {
-            mountpoint::remove_created(&self.parent, &self.name, created);
+            mountpoint::remove_created(&self.parent, &self.name, &created);
         }
     }
 }
@@ -376,7 +376,7 @@ pub fn mount(
     config.clone_fd = true;
 
     let remove_created = |found: &Found| {
-        if let Some(created) = found.created {
+        if let Some(created) = &found.created {
             mountpoint::remove_created(&found.parent, &found.name, created);
         }
     };

@@ -33,11 +33,11 @@ pub(crate) enum Kind {
 }
 
 /// An object `walk` created, remembered so that only that object, still there and still
-/// empty, is removed again at unmount.
-#[derive(Debug, Clone, Copy)]
+/// empty, is removed again at unmount. The fd keeps its inode allocated: were it removed and
+/// something else created under the name, that cannot get the same inode number.
+#[derive(Debug)]
 pub(crate) struct Created {
-    dev: u64,
-    ino: u64,
+    fd: OwnedFd,
     kind: Kind,
 }
 
@@ -285,13 +285,8 @@ pub(crate) fn walk(path: &Path, create_as: Option<Kind>, strict: bool) -> Result
             }
         }
         if is_last {
-            let created = made.then(|| Created {
-                dev: st.st_dev,
-                ino: st.st_ino,
-                kind: create_as.unwrap_or(Kind::Dir),
-            });
             // Keep an O_PATH fd: it pins nothing but the object itself.
-            let fd = if made {
+            let (fd, created) = if made {
                 let again =
                     openat(&dir, name.as_os_str(), flags_path(), Mode::empty()).map_err(fail)?;
                 let st2 = fstat(&again).map_err(fail)?;
@@ -301,9 +296,15 @@ pub(crate) fn walk(path: &Path, create_as: Option<Kind>, strict: bool) -> Result
                         here.display()
                     ));
                 }
-                again
+                let created = Created {
+                    fd: again
+                        .try_clone()
+                        .map_err(|e| format!("{}: {e}", here.display()))?,
+                    kind: create_as.unwrap_or(Kind::Dir),
+                };
+                (again, Some(created))
             } else {
-                fd
+                (fd, None)
             };
             return Ok(Walked::Found(Found {
                 path: here,
@@ -351,11 +352,14 @@ pub(crate) fn check_kind(found: &Found, kind: Kind, asked: &Path) -> Result<u32,
 
 /// Removes what `walk` created at `name` in `parent`, if it is still the same object (same
 /// device and inode, so nothing mounted on it) and still empty. Quietly leaves anything else.
-pub(crate) fn remove_created(parent: impl AsFd, name: &OsStr, created: Created) {
-    let Ok(st) = fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+pub(crate) fn remove_created(parent: impl AsFd, name: &OsStr, created: &Created) {
+    let (Ok(st), Ok(ours)) = (
+        fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW),
+        fstat(&created.fd),
+    ) else {
         return;
     };
-    if (st.st_dev, st.st_ino) != (created.dev, created.ino) {
+    if (st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino) {
         return;
     }
     let result = match created.kind {
@@ -401,9 +405,9 @@ mod tests {
         let f2 = found(walk(&file, Some(Kind::File), false).unwrap());
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o400);
-        remove_created(&f2.parent, &f2.name, f2.created.unwrap());
+        remove_created(&f2.parent, &f2.name, f2.created.as_ref().unwrap());
         assert!(!file.exists());
-        remove_created(&f.parent, &f.name, f.created.unwrap());
+        remove_created(&f.parent, &f.name, f.created.as_ref().unwrap());
         assert!(!dir.exists());
         assert!(
             tmp.path().join("a/b").exists(),
