@@ -417,16 +417,23 @@ pub fn mount(
         id,
         created: parking_lot::Mutex::new(found.created),
     });
+    // A mount made here is not unmounted by fuser when the session is dropped.
+    let give_up = |error: io::Error| {
+        if let Some(id) = place.id {
+            let _ = unmount_at(&place.parent, &place.name, id, &place.path);
+        }
+        mount_failed(error)
+    };
     let notifier = session.notifier();
     std::thread::Builder::new()
         .name("vaultfs-notify".into())
         .spawn(move || invalidate::run_notifier(invalidator, queue, notifier))
-        .map_err(mount_failed)?;
+        .map_err(give_up)?;
     let weak = Arc::downgrade(&shared);
     std::thread::Builder::new()
         .name("vaultfs-refresh".into())
         .spawn(move || refresh_loop(weak))
-        .map_err(mount_failed)?;
+        .map_err(give_up)?;
     Ok(Mounted {
         session,
         place,
