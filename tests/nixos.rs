@@ -587,19 +587,13 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
         if is_mounted(&self.mountpoint) {
-            let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: c is a valid NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            let _ = vaultfs_fs::unmount(&self.mountpoint);
         }
     }
 }
 
 fn is_mounted(path: &Path) -> bool {
-    let path = path.to_string_lossy();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(path.as_ref()))
+    vaultfs_fs::mountinfo::mounted_at(path).unwrap().is_some()
 }
 
 fn cli(store: &Path, key: &Path, args: &[&str], stdin: Option<&[u8]>) {

@@ -22,6 +22,8 @@ mod handles;
 mod stalls;
 // Templates: files rendered from secrets at open.
 mod templates;
+// Mountpoints under attack: symlinks, created paths, dead foreign mounts, umount.
+mod mountpoints;
 // Real clients through a mount: nix, curl, ssh-keygen, bubblewrap.
 mod clients;
 // The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.

@@ -64,36 +64,12 @@ pub fn check_stop() -> Result<()> {
     Ok(())
 }
 
-/// Undoes the `\NNN` escapes of /proc/self/mountinfo.
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Mount points (with their filesystem types) from /proc/self/mountinfo.
+/// Mount points (with their filesystem types), from the fs crate's mountinfo parser.
 pub fn mounts() -> Vec<(PathBuf, String)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            Some((
-                PathBuf::from(unescape(f.get(4)?)),
-                f.get(sep + 1)?.to_string(),
-            ))
-        })
+    vaultfs_fs::mountinfo::entries()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.mount_point, e.fs_type))
         .collect()
 }
 
@@ -399,13 +375,6 @@ pub fn sweep_mounts(root: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape(r"/x\"), r"/x\");
-    }
 
     #[test]
     fn own_process_is_alive() {

@@ -5,16 +5,22 @@
 //! caller's uid and groups, and values are decrypted per read and wiped at once. See
 //! `DESIGN.md` for the cache rules that keep rotated values from ever being served stale.
 #![deny(missing_docs)]
+// Every syscall goes through nix's safe wrappers.
+#![deny(unsafe_code)]
 
 mod access;
 mod driver;
 mod handles;
 mod invalidate;
 mod mount;
+pub mod mountinfo;
+mod mountpoint;
 pub mod nss;
 mod refresher;
+mod unmount;
 mod view;
 mod workers;
 
 pub use driver::Options;
-pub use mount::{clear_stale, detach, is_vaultfs_mount, mount, MountError, Mounted, Unmounter};
+pub use mount::{mount, MountError, Mounted, Unmounter};
+pub use unmount::{unmount, UnmountError, Unmounted};

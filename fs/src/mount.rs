@@ -1,22 +1,38 @@
-//! Mounting: preparing the mountpoint (clearing a stale mount, creating a file or directory),
-//! starting the FUSE session on several threads, and unmounting without hanging.
+//! Mounting: preparing the mountpoint (clearing a stale vaultfs mount, creating a file or
+//! directory), starting the FUSE session on several threads, and unmounting without hanging.
+//!
+//! As root the mount is made here, not by fuser: fuser 0.18 canonicalizes the path and mounts
+//! on that string, which follows whatever symlink another user swaps in. Instead the
+//! mountpoint is walked through fds (see `mountpoint`), `/dev/fuse` is opened and mount(2)
+//! targets `/proc/self/fd/N`, the exact object checked; fuser gets the device fd
+//! (`Session::from_fd`). Without root, fusermount3 must mount, by path, so the path is refused
+//! when anyone else could change one of its components.
 
-use std::ffi::CString;
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use nix::mount::MsFlags;
 use vaultfs_store::{EntryKind, StoreError, VaultPath, VaultReader};
 
 use crate::driver::{Options, Shared, VaultFs};
 use crate::invalidate::{self, Invalidator};
+use crate::mountinfo::{self, SOURCE_PREFIX};
+use crate::mountpoint::{self, Created, Found, Kind, Walked};
 use crate::refresher;
+use crate::unmount::{unmount_at, UnmountError, Unmounted};
 
 /// Request threads: enough that one slow request never stalls the others on a small machine.
 const REQUEST_THREADS: usize = 8;
+
+/// The filesystem type of vaultfs mounts (fusermount3 gives the same).
+const FS_TYPE: &str = "fuse.vaultfs";
+
+/// Dead mounts cleared at one mountpoint before giving up (each is one stacked layer).
+const MAX_STALE: usize = 8;
 
 /// Why a mount failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +43,7 @@ pub enum MountError {
     /// Nothing exists at the mounted path.
     #[error("no such secret or directory in the vault")]
     SourceMissing,
-    /// The mountpoint exists with the wrong type.
+    /// The mountpoint is unfit or unsafe.
     #[error("mountpoint {path}: {reason}")]
     Mountpoint {
         /// The mountpoint.
@@ -50,8 +66,7 @@ pub enum MountError {
 
 /// What to try when a mount is refused for lack of privilege.
 fn hint(error: &io::Error) -> &'static str {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     match error.kind() {
         io::ErrorKind::PermissionDenied if !root => {
             " (without root, mounting needs read-write access to /dev/fuse and the setuid \
@@ -62,41 +77,79 @@ fn hint(error: &io::Error) -> &'static str {
     }
 }
 
+/// Where a mount sits: the directory fd and name it was mounted on, its mount id when this
+/// process made it, and what `mount` created there.
+#[derive(Debug)]
+struct Place {
+    path: PathBuf,
+    parent: OwnedFd,
+    name: OsString,
+    id: Option<u32>,
+    created: parking_lot::Mutex<Option<Created>>,
+}
+
+impl Place {
+    /// Removes the mountpoint `mount` created, once; a no-op while anything is mounted on it
+    /// (the object found there is then another one).
+    fn remove_created(&self) {
+        if let Some(created) = self.created.lock().take() {
+            mountpoint::remove_created(&self.parent, &self.name, &created);
+        }
+    }
+}
+
+impl Drop for Place {
+    /// Also covers a mount given up before it was served (another mount of `serve` failed).
+    fn drop(&mut self) {
+        self.remove_created();
+    }
+}
+
 /// A live mount. [`Mounted::run`] serves it until it is unmounted.
 pub struct Mounted {
     session: Session<VaultFs>,
-    mountpoint: PathBuf,
+    place: Arc<Place>,
     shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Mounted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mounted")
-            .field("mountpoint", &self.mountpoint)
+            .field("mountpoint", &self.place.path)
             .finish_non_exhaustive()
     }
+}
+
+#[derive(Debug)]
+enum How {
+    /// Mounted by this process with mount(2): unmounted by mount id through the parent fd.
+    Direct(Arc<Place>),
+    /// Mounted through fusermount3: fuser unmounts (lazily, with fusermount3 -u -z).
+    Fuser(SessionUnmounter),
 }
 
 /// Unmounts a mount from another thread (a signal handler thread, say).
 #[derive(Debug)]
 pub struct Unmounter {
-    inner: SessionUnmounter,
+    how: How,
     mountpoint: PathBuf,
 }
 
 impl Unmounter {
     /// Unmounts; when files are still open (EBUSY), detaches lazily so the mountpoint is free
     /// at once and the session ends when the last file closes.
-    pub fn unmount(&mut self) -> io::Result<()> {
-        match self.inner.unmount() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::debug!(
-                    "unmount {}: {e}; detaching lazily",
-                    self.mountpoint.display()
-                );
-                detach(&self.mountpoint)
-            }
+    pub fn unmount(&mut self) -> io::Result<Unmounted> {
+        match &mut self.how {
+            How::Direct(place) => match place.id {
+                Some(id) => {
+                    unmount_at(&place.parent, &place.name, id, &place.path).map_err(|e| match e {
+                        UnmountError::Io { error, .. } => error,
+                        other => io::Error::other(other.to_string()),
+                    })
+                }
+                None => Ok(Unmounted::Clean),
+            },
+            How::Fuser(inner) => inner.unmount().map(|()| Unmounted::Clean),
         }
     }
 
@@ -106,139 +159,167 @@ impl Unmounter {
     }
 }
 
-/// Detaches whatever is mounted at `path` (`umount -l`).
-pub fn detach(path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Whether `path` is the mountpoint of a vaultfs mount (live or stale), per mountinfo.
-pub fn is_vaultfs_mount(path: &Path) -> io::Result<bool> {
-    let info = std::fs::read("/proc/self/mountinfo")?;
-    let wanted = escape_mountinfo(path);
-    Ok(info.split(|&b| b == b'\n').any(|line| {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            return false;
-        };
-        fields.get(4) == Some(&wanted.as_slice())
-            && fields.get(sep + 1).is_some_and(|t| t.starts_with(b"fuse"))
-            && fields
-                .get(sep + 2)
-                .is_some_and(|s| s.starts_with(b"vaultfs"))
-    }))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn escape_mountinfo(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &b in path.as_os_str().as_bytes() {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\\' => out.extend(format!("\\{b:03o}").bytes()),
-            _ => out.push(b),
+/// Clears the dead FUSE mount `dead` if it is vaultfs's own (its mountinfo entry, found by the
+/// mount id of the very object walked, says `vaultfs:VAULT`); refuses anything else.
+fn clear_dead(dead: Found, fail: &dyn Fn(String) -> MountError) -> Result<(), MountError> {
+    let ids = mountinfo::mount_id(&dead.fd).and_then(|here| {
+        let parent = mountinfo::mount_id(&dead.parent)?;
+        Ok((here, parent))
+    });
+    let (id, parent_id) = ids.map_err(|e| fail(format!("cannot read its mount id: {e}")))?;
+    let entry = mountinfo::by_id(id).map_err(|e| fail(format!("cannot read mountinfo: {e}")))?;
+    let entry = match entry {
+        Some(e) if id != parent_id && e.is_vaultfs() => e,
+        Some(e) => {
+            return Err(fail(format!(
+                "a {} filesystem from {} is mounted there and does not answer; it is not \
+                 vaultfs's, so it is left alone (unmount it yourself: umount -l {})",
+                e.fs_type,
+                e.source,
+                dead.path.display()
+            )))
         }
-    }
-    out
-}
-
-/// Whether the filesystem mounted at `path` answers: `statfs` always reaches a FUSE daemon
-/// (a `stat` may be answered from the kernel's attribute cache even when the daemon is dead).
-fn answers(path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: c is a valid path and buf a valid out-parameter.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Clears a mount left at `path` by a daemon that died ("Transport endpoint is not connected").
-/// Returns whether there was one.
-pub fn clear_stale(path: &Path) -> io::Result<bool> {
-    match answers(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(
-                "{}: clearing a stale mount left by a daemon that died",
-                path.display()
-            );
-            detach(path).or_else(|e| {
-                // Without privilege to unmount, fusermount3 may still do it.
-                let status = std::process::Command::new("fusermount3")
-                    .arg("-u")
-                    .arg("-z")
-                    .arg(path)
-                    .status();
-                match status {
-                    Ok(s) if s.success() => Ok(()),
-                    _ => Err(e),
-                }
-            })?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
-/// Creates `path` and its missing parents with mode 0755 whatever the umask (the daemon's is
-/// 077), so the users an ACL names can reach a mount in a directory vaultfs created.
-fn create_dirs(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.exists()).collect();
-    for dir in missing.into_iter().rev() {
-        std::fs::DirBuilder::new().mode(0o755).create(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    }
+        None => return Err(fail("its filesystem does not answer".into())),
+    };
+    tracing::warn!(
+        "{}: clearing a stale mount of {} left by a daemon that died",
+        dead.path.display(),
+        entry.source
+    );
+    drop(dead.fd);
+    unmount_at(&dead.parent, &dead.name, id, &dead.path)
+        .map_err(|e| fail(format!("cannot clear a stale mount: {e}")))?;
     Ok(())
 }
 
-/// Makes sure `path` exists with the kind the mounted root needs: a directory for a vault or
-/// a subtree, a regular file for one secret.
-fn prepare_mountpoint(path: &Path, kind: EntryKind) -> Result<(), MountError> {
+/// Finds (creating if missing) the object to mount on: a directory for a vault or a subtree,
+/// a regular file for one secret. Returns it with its `rootmode`.
+fn prepare_mountpoint(
+    path: &Path,
+    kind: EntryKind,
+    strict: bool,
+) -> Result<(Found, u32), MountError> {
     let fail = |reason: String| MountError::Mountpoint {
         path: path.to_owned(),
         reason,
     };
-    clear_stale(path).map_err(|e| fail(format!("cannot clear a stale mount: {e}")))?;
-    if is_vaultfs_mount(path).unwrap_or(false) {
-        return Err(MountError::AlreadyMounted(path.to_owned()));
-    }
-    match (std::fs::metadata(path), kind) {
-        (Ok(m), EntryKind::Dir) if m.is_dir() => Ok(()),
-        (Ok(m), EntryKind::File | EntryKind::Template) if m.is_file() => Ok(()),
-        (Ok(_), EntryKind::Dir) => Err(fail(
-            "is not a directory; a vault or directory mounts on a directory".into(),
-        )),
-        (Ok(_), EntryKind::File | EntryKind::Template) => Err(fail(
-            "is not a regular file; a single secret mounts on a file".into(),
-        )),
-        (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {
-            let created = match kind {
-                EntryKind::Dir => create_dirs(path),
-                EntryKind::File | EntryKind::Template => {
-                    if let Some(parent) = path.parent() {
-                        create_dirs(parent)
-                            .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
-                    }
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o400)
-                        .open(path)
-                        .map(drop)
-                }
-            };
-            created.map_err(|e| fail(format!("cannot create it: {e}")))
+    let kind = match kind {
+        EntryKind::Dir => Kind::Dir,
+        // A template is served as a regular file.
+        EntryKind::File | EntryKind::Template => Kind::File,
+    };
+    for _ in 0..MAX_STALE {
+        let found = match mountpoint::walk(path, Some(kind), strict).map_err(fail)? {
+            Walked::Dead(dead) => {
+                clear_dead(dead, &fail)?;
+                continue;
+            }
+            Walked::Found(found) => found,
+        };
+        let id = found
+            .is_mount_root()
+            .map_err(|e| fail(format!("cannot read its mount id: {e}")))?;
+        if let Some(id) = id {
+            if mountinfo::by_id(id)
+                .map_err(|e| fail(format!("cannot read mountinfo: {e}")))?
+                .is_some_and(|e| e.is_vaultfs())
+            {
+                return Err(MountError::AlreadyMounted(found.path));
+            }
         }
-        (Err(e), _) => Err(fail(e.to_string())),
+        let rootmode = mountpoint::check_kind(&found, kind, path).map_err(fail)?;
+        return Ok((found, rootmode));
+    }
+    Err(fail("too many dead mounts stacked there".into()))
+}
+
+/// The mount(2) arguments fuser's own root path derives from `config`: source (`FSName`),
+/// filesystem type (`fuse.` + `Subtype`), flags (nosuid and nodev unless `Suid`/`Dev`), and
+/// the options the kernel takes as text. One list of options serves both mount paths.
+fn direct_mount_args(config: &Config) -> (String, String, MsFlags, String) {
+    let mut source = "/dev/fuse".to_string();
+    let mut fs_type = "fuse".to_string();
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mut text = Vec::new();
+    for option in &config.mount_options {
+        match option {
+            MountOption::FSName(name) => source = name.clone(),
+            MountOption::Subtype(sub) => fs_type = format!("fuse.{sub}"),
+            MountOption::RO => flags |= MsFlags::MS_RDONLY,
+            MountOption::RW => flags -= MsFlags::MS_RDONLY,
+            MountOption::NoSuid => flags |= MsFlags::MS_NOSUID,
+            MountOption::Suid => flags -= MsFlags::MS_NOSUID,
+            MountOption::NoDev => flags |= MsFlags::MS_NODEV,
+            MountOption::Dev => flags -= MsFlags::MS_NODEV,
+            MountOption::NoExec => flags |= MsFlags::MS_NOEXEC,
+            MountOption::Exec => flags -= MsFlags::MS_NOEXEC,
+            MountOption::NoAtime => flags |= MsFlags::MS_NOATIME,
+            MountOption::Atime => flags -= MsFlags::MS_NOATIME,
+            MountOption::Sync => flags |= MsFlags::MS_SYNCHRONOUS,
+            MountOption::DirSync => flags |= MsFlags::MS_DIRSYNC,
+            MountOption::Async => flags -= MsFlags::MS_SYNCHRONOUS,
+            MountOption::DefaultPermissions => text.push("default_permissions".to_string()),
+            MountOption::CUSTOM(value) => text.push(value.clone()),
+            // fusermount3's business; never set for a direct mount.
+            MountOption::AutoUnmount => {}
+        }
+    }
+    if config.acl != SessionACL::Owner {
+        text.push("allow_other".to_string());
+    }
+    (source, fs_type, flags, text.join(","))
+}
+
+/// Mounts a FUSE filesystem on exactly the object `found` refers to, with the options fuser
+/// would use as root. Returns the `/dev/fuse` fd for `Session::from_fd`.
+fn mount_direct(found: &Found, rootmode: u32, config: &Config) -> io::Result<OwnedFd> {
+    let dev: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?
+        .into();
+    let (source, fs_type, flags, extra) = direct_mount_args(config);
+    let mut options = format!(
+        "fd={},rootmode={rootmode:o},user_id={},group_id={}",
+        dev.as_raw_fd(),
+        nix::unistd::getuid(),
+        nix::unistd::getgid(),
+    );
+    if !extra.is_empty() {
+        options.push(',');
+        options.push_str(&extra);
+    }
+    let target = PathBuf::from(format!("/proc/self/fd/{}", found.fd.as_raw_fd()));
+    nix::mount::mount(
+        Some(source.as_str()),
+        &target,
+        Some(fs_type.as_str()),
+        flags,
+        Some(options.as_str()),
+    )?;
+    Ok(dev)
+}
+
+/// The id of the mount just made on `found`: the topmost mount at its name, which must be a
+/// vaultfs mount of `vault` sitting directly on the object walked. Anything else means the
+/// name was swapped between the walk and the mount.
+fn identify(found: &Found, vault: &str) -> io::Result<u32> {
+    let top = nix::fcntl::openat(
+        &found.parent,
+        found.name.as_os_str(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let id = mountinfo::mount_id(&top)?;
+    let under = mountinfo::mount_id(&found.fd)?;
+    let ok = mountinfo::by_id(id)?
+        .is_some_and(|e| e.parent_id == under && e.fs_type == FS_TYPE && e.vault() == Some(vault));
+    if ok {
+        Ok(id)
+    } else {
+        Err(io::Error::other(
+            "the mountpoint was replaced while it was being mounted",
+        ))
     }
 }
 
@@ -270,11 +351,16 @@ pub fn mount(
             None => return Err(MountError::SourceMissing),
         }
     };
-    prepare_mountpoint(mountpoint, kind)?;
+    let root = nix::unistd::geteuid().is_root();
+    let (found, rootmode) = prepare_mountpoint(mountpoint, kind, !root)?;
+    let mount_failed = |error: io::Error| MountError::Mount {
+        path: found.path.clone(),
+        error,
+    };
 
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::FSName(format!("vaultfs:{vault}")),
+        MountOption::FSName(format!("{SOURCE_PREFIX}{vault}")),
         MountOption::Subtype("vaultfs".into()),
         MountOption::RO,
         MountOption::NoSuid,
@@ -283,8 +369,6 @@ pub fn mount(
         MountOption::NoAtime,
         MountOption::DefaultPermissions,
     ];
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     // As root, let the users the ACL names reach the files; the driver checks every open.
     config.acl = if root {
         SessionACL::All
@@ -294,32 +378,68 @@ pub fn mount(
     config.n_threads = Some(REQUEST_THREADS);
     config.clone_fd = true;
 
-    let session =
-        Session::new(VaultFs::new(shared.clone()), mountpoint, &config).map_err(|error| {
-            MountError::Mount {
-                path: mountpoint.to_owned(),
-                error,
-            }
+    let remove_created = |found: &Found| {
+        if let Some(created) = &found.created {
+            mountpoint::remove_created(&found.parent, &found.name, created);
+        }
+    };
+    let (session, id) = if root {
+        let dev = mount_direct(&found, rootmode, &config).map_err(|e| {
+            remove_created(&found);
+            mount_failed(e)
         })?;
+        // The handshake first: until INIT is answered, any request to the mount would block.
+        let session = Session::from_fd(VaultFs::new(shared.clone()), dev, config.acl, config);
+        let id = identify(&found, &vault);
+        match (session, id) {
+            (Ok(session), Ok(id)) => (session, Some(id)),
+            (session, id) => {
+                if let Ok(id) = id {
+                    let _ = unmount_at(&found.parent, &found.name, id, &found.path);
+                    remove_created(&found);
+                }
+                let error = match (session, id) {
+                    (Err(e), _) | (_, Err(e)) => e,
+                    _ => io::Error::other("mount failed"),
+                };
+                return Err(mount_failed(error));
+            }
+        }
+    } else {
+        let session =
+            Session::new(VaultFs::new(shared.clone()), &found.path, &config).map_err(|e| {
+                remove_created(&found);
+                mount_failed(e)
+            })?;
+        (session, None)
+    };
+    let place = Arc::new(Place {
+        path: found.path.clone(),
+        parent: found.parent,
+        name: found.name,
+        id,
+        created: parking_lot::Mutex::new(found.created),
+    });
+    // A mount made here is not unmounted by fuser when the session is dropped.
+    let give_up = |error: io::Error| {
+        if let Some(id) = place.id {
+            let _ = unmount_at(&place.parent, &place.name, id, &place.path);
+        }
+        mount_failed(error)
+    };
     let notifier = session.notifier();
     std::thread::Builder::new()
         .name("vaultfs-notify".into())
         .spawn(move || invalidate::run_notifier(invalidator, queue, notifier))
-        .map_err(|error| MountError::Mount {
-            path: mountpoint.to_owned(),
-            error,
-        })?;
+        .map_err(give_up)?;
     let weak = Arc::downgrade(&shared);
     std::thread::Builder::new()
         .name("vaultfs-refresh".into())
         .spawn(move || refresher::run(weak))
-        .map_err(|error| MountError::Mount {
-            path: mountpoint.to_owned(),
-            error,
-        })?;
+        .map_err(give_up)?;
     Ok(Mounted {
         session,
-        mountpoint: mountpoint.to_owned(),
+        place,
         shared,
     })
 }
@@ -327,15 +447,20 @@ pub fn mount(
 impl Mounted {
     /// A handle that unmounts this mount from another thread.
     pub fn unmounter(&mut self) -> Unmounter {
+        let how = if self.place.id.is_some() {
+            How::Direct(self.place.clone())
+        } else {
+            How::Fuser(self.session.unmount_callable())
+        };
         Unmounter {
-            inner: self.session.unmount_callable(),
-            mountpoint: self.mountpoint.clone(),
+            how,
+            mountpoint: self.place.path.clone(),
         }
     }
 
-    /// The mountpoint.
+    /// The mountpoint (absolute, symlinks resolved).
     pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
+        &self.place.path
     }
 
     /// What is mounted, as `VAULT:/PATH`.
@@ -343,16 +468,51 @@ impl Mounted {
         self.shared.describe()
     }
 
-    /// Serves requests until the filesystem is unmounted (by [`Unmounter::unmount`], `umount`
-    /// or `fusermount3 -u`), then returns.
+    /// Serves requests until the filesystem is unmounted (by [`Unmounter::unmount`], `vaultfs
+    /// umount`, `umount` or `fusermount3 -u`), then removes the mountpoint if `mount` created
+    /// it and it is still that same, empty object.
     pub fn run(self) -> io::Result<()> {
         let Mounted {
-            session, shared, ..
+            session,
+            shared,
+            place,
         } = self;
         let result = session.run();
         // The refresher holds only a weak reference; dropping the last strong one stops it,
         // which drops the invalidation queue and so ends the notifier thread.
         drop(shared);
+        place.remove_created();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_mounts_get_the_options_fuser_would_pass() {
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("vaultfs:app".into()),
+            MountOption::Subtype("vaultfs".into()),
+            MountOption::RO,
+            MountOption::NoExec,
+            MountOption::NoAtime,
+            MountOption::DefaultPermissions,
+        ];
+        config.acl = SessionACL::All;
+        let (source, fs_type, flags, text) = direct_mount_args(&config);
+        assert_eq!(source, "vaultfs:app");
+        assert_eq!(fs_type, FS_TYPE);
+        assert_eq!(
+            flags,
+            MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_NOATIME
+        );
+        assert_eq!(text, "default_permissions,allow_other");
     }
 }

@@ -1,100 +1,44 @@
 //! User and group names, resolved through NSS (so LDAP, systemd's DynamicUser and the like work),
 //! and the caller's supplementary groups.
+//!
+//! Lookups go through nix, which grows its buffer on `ERANGE`, so a group with thousands of
+//! members or a long LDAP entry resolves instead of looking absent.
 
-use std::ffi::{CStr, CString};
+use nix::unistd::{Gid, Group, Uid, User};
 
-fn buffer_len(kind: libc::c_int) -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(kind) };
-    if n > 0 {
-        n as usize
-    } else {
-        16 * 1024
-    }
-}
-
-/// The uid of user `name`.
+/// The uid of user `name` (a number is taken as a uid as it is).
 pub fn user_id(name: &str) -> Option<u32> {
     if let Ok(uid) = name.parse::<u32>() {
         return Some(uid);
     }
-    let cname = CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; buffer_len(libc::_SC_GETPW_R_SIZE_MAX)];
-    // SAFETY: zeroed passwd is a valid out-parameter for getpwnam_r.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf outlives it.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+    User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
 }
 
-/// The gid of group `name`.
+/// The gid of group `name` (a number is taken as a gid as it is).
 pub fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse::<u32>() {
         return Some(gid);
     }
-    let cname = CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; buffer_len(libc::_SC_GETGR_R_SIZE_MAX).max(64 * 1024)];
-    // SAFETY: zeroed group is a valid out-parameter for getgrnam_r.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf outlives it.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+    Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 /// The name of user `uid`.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; buffer_len(libc::_SC_GETPW_R_SIZE_MAX)];
-    // SAFETY: as in user_id.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf outlives it.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
-    Some(
-        unsafe { CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 /// The name of group `gid`.
 pub fn group_name(gid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; buffer_len(libc::_SC_GETGR_R_SIZE_MAX).max(64 * 1024)];
-    // SAFETY: as in group_id.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf outlives it.
-    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success gr_name points to a NUL-terminated string inside buf.
-    Some(
-        unsafe { CStr::from_ptr(grp.gr_name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
+    Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
 }
 
 /// The supplementary groups of process `pid`, from `/proc/PID/status`. These are the groups the
@@ -123,6 +67,7 @@ mod tests {
         assert_eq!(group_name(0).as_deref(), Some("root"));
         assert_eq!(user_id("no-such-user-vaultfs"), None);
         assert_eq!(user_id("1234"), Some(1234));
+        assert_eq!(user_id("a\0b"), None, "a NUL byte is no name, not a panic");
     }
 
     #[test]

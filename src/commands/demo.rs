@@ -99,7 +99,11 @@ const DEMO_FILES: [&str; 5] = ["key", "store.db", "store.db-wal", "store.db-shm"
 impl Cleanup {
     fn run(&mut self) -> Result<()> {
         self.armed = false;
-        if vaultfs_fs::is_vaultfs_mount(&self.mountpoint).unwrap_or(false) {
+        let mounted = vaultfs_fs::mountinfo::mounted_at(&self.mountpoint)
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.is_vaultfs());
+        if mounted {
             crate::commands::mount::umount(&self.mountpoint)?;
         }
         if self.made_dir {

@@ -67,36 +67,20 @@ pub fn mount(
 /// Unmounts a vaultfs mount; its daemon sees the session end and exits 0.
 pub fn umount(mountpoint: &Path) -> Result<()> {
     let path = absolute(mountpoint)?;
-    if !vaultfs_fs::is_vaultfs_mount(&path).context("cannot read /proc/self/mountinfo")? {
-        crate::exit::usage!("{}: not a vaultfs mount", path.display());
-    }
-    if !nix::unistd::geteuid().is_root() {
-        let status = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&path)
-            .status()
-            .context("cannot run fusermount3")?;
-        anyhow::ensure!(
-            status.success(),
-            "fusermount3 could not unmount {}",
-            path.display()
-        );
-        return Ok(());
-    }
-    match nix::mount::umount2(&path, nix::mount::MntFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => {
-            // Files are open: detach now; the daemon exits when the last one closes.
-            vaultfs_fs::detach(&path)
-                .with_context(|| format!("cannot detach {}", path.display()))?;
+    match vaultfs_fs::unmount(&path) {
+        Ok(vaultfs_fs::Unmounted::Clean) => Ok(()),
+        Ok(vaultfs_fs::Unmounted::Detached) => {
             eprintln!(
                 "vaultfs: {} is busy; detached it (the daemon exits when its last file closes)",
                 path.display()
             );
             Ok(())
         }
-        Err(errno) => Err(std::io::Error::from(errno))
-            .with_context(|| format!("cannot unmount {}", path.display())),
+        Err(vaultfs_fs::UnmountError::NotVaultfs(p)) => {
+            crate::exit::usage!("{}: not a vaultfs mount", p.display())
+        }
+        // A path that does not exist or cannot be walked safely: the argument is wrong.
+        Err(vaultfs_fs::UnmountError::Path(reason)) => crate::exit::usage!("{reason}"),
+        Err(e) => Err(e.into()),
     }
 }

@@ -74,12 +74,9 @@ impl TestStore {
 
 /// Whether `path` is a mountpoint of a vaultfs filesystem (live or stale).
 pub fn is_mounted(path: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = path.to_str().unwrap();
-    info.lines().any(|l| {
-        l.split(' ').nth(4) == Some(want)
-            && l.split(" - ").nth(1).is_some_and(|r| r.contains("vaultfs"))
-    })
+    vaultfs_fs::mountinfo::mounted_at(path)
+        .expect("read /proc/self/mountinfo")
+        .is_some_and(|e| e.is_vaultfs())
 }
 
 /// Polls `cond` until it holds, failing the test after `limit`.
