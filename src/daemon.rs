@@ -10,6 +10,9 @@ use vaultfs_store::{Credential, Store};
 
 pub use crate::config::MountSpec;
 
+use crate::config::CredentialSocketSpec;
+use crate::credsock::{self, CredentialSocket};
+
 use crate::exit;
 use crate::hygiene;
 
@@ -179,8 +182,13 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-/// Unmounts every mount on SIGTERM or SIGINT; the serving threads then return.
-fn spawn_signal_thread(set: libc::sigset_t, mut unmounters: Vec<vaultfs_fs::Unmounter>) {
+/// Unmounts every mount on SIGTERM or SIGINT; the serving threads then return. `stopped` is
+/// told too, for a daemon that serves only a credential socket.
+fn spawn_signal_thread(
+    set: libc::sigset_t,
+    mut unmounters: Vec<vaultfs_fs::Unmounter>,
+    stopped: std::sync::mpsc::Sender<()>,
+) {
     let spawned = std::thread::Builder::new()
         .name("vaultfs-signals".into())
         .spawn(move || loop {
@@ -199,6 +207,7 @@ fn spawn_signal_thread(set: libc::sigset_t, mut unmounters: Vec<vaultfs_fs::Unmo
                     tracing::warn!("cannot unmount {}: {e}", u.mountpoint().display());
                 }
             }
+            let _ = stopped.send(());
             return;
         });
     if let Err(e) = spawned {
@@ -212,12 +221,24 @@ pub fn serve(
     store_path: &std::path::Path,
     cred: Credential,
     specs: &[MountSpec],
+    readiness: Readiness,
+    log_file: Option<&std::path::Path>,
+) -> Result<()> {
+    serve_with_credentials(store_path, cred, specs, None, readiness, log_file)
+}
+
+/// [`serve`], plus the credential socket of `credentials` (see [`credsock`]).
+pub fn serve_with_credentials(
+    store_path: &std::path::Path,
+    cred: Credential,
+    specs: &[MountSpec],
+    credentials: Option<&CredentialSocketSpec>,
     mut readiness: Readiness,
     log_file: Option<&std::path::Path>,
 ) -> Result<()> {
     let signals = block_signals();
     let daemonized = matches!(readiness, Readiness::Parent(_));
-    let mounted = match mount_all(store_path, cred, specs) {
+    let (mounted, socket) = match mount_all(store_path, cred, specs, credentials) {
         Ok(m) => m,
         Err(e) => {
             readiness.failed(&e);
@@ -226,7 +247,16 @@ pub fn serve(
     };
     let mut mounted = mounted;
     let unmounters = mounted.iter_mut().map(|m| m.unmounter()).collect();
-    spawn_signal_thread(signals, unmounters);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    spawn_signal_thread(signals, unmounters, stop_tx);
+    let socket_path = socket.as_ref().map(|s| s.path().to_owned());
+    if let Some(socket) = socket {
+        tracing::info!("serving credentials at {}", socket.path().display());
+        std::thread::Builder::new()
+            .name("vaultfs-credsock".into())
+            .spawn(move || socket.run())
+            .context("cannot start the credential socket thread")?;
+    }
     for m in &mounted {
         tracing::info!("serving {} at {}", m.describe(), m.mountpoint().display());
     }
@@ -246,6 +276,10 @@ pub fn serve(
             (where_, handle)
         })
         .collect();
+    if threads.is_empty() {
+        // Only a credential socket: serve until SIGTERM or SIGINT.
+        let _ = stop_rx.recv();
+    }
     let mut failed = false;
     for (mountpoint, handle) in threads {
         let result = handle
@@ -261,17 +295,23 @@ pub fn serve(
         }
     }
     sd_notify("STOPPING=1");
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
     if failed {
         anyhow::bail!("a mount ended with an error");
     }
     Ok(())
 }
 
+type MountedAll = (Vec<vaultfs_fs::Mounted>, Option<CredentialSocket>);
+
 fn mount_all(
     store_path: &std::path::Path,
     cred: Credential,
     specs: &[MountSpec],
-) -> Result<Vec<vaultfs_fs::Mounted>> {
+    credentials: Option<&CredentialSocketSpec>,
+) -> Result<MountedAll> {
     // Failure is warned about inside; mounting still works.
     hygiene::lock_memory();
     let store = Store::open(store_path, &cred)?;
@@ -283,7 +323,22 @@ fn mount_all(
             .with_context(|| format!("cannot mount {}", spec.source))?;
         readers.push(reader);
     }
+    // The socket's vaults get readers of their own: a daemon holds only the keys of the
+    // vaults it serves.
+    let mut socket_readers = std::collections::HashMap::new();
+    if let Some(spec) = credentials {
+        for vault in credsock::vaults(spec) {
+            let reader = store
+                .reader(&vault)
+                .with_context(|| format!("cannot serve credentials from vault {vault}"))?;
+            socket_readers.insert(vault, std::sync::Arc::new(reader));
+        }
+    }
     drop(store);
+    let socket = match credentials {
+        Some(spec) => Some(CredentialSocket::bind(spec, socket_readers)?),
+        None => None,
+    };
     let mut mounted: Vec<vaultfs_fs::Mounted> = Vec::new();
     for (spec, reader) in specs.iter().zip(readers) {
         let options = vaultfs_fs::Options {
@@ -306,5 +361,5 @@ fn mount_all(
             }
         }
     }
-    Ok(mounted)
+    Ok((mounted, socket))
 }

@@ -22,3 +22,5 @@ mod stalls;
 mod clients;
 // The NixOS module and the systemd units: evaluation, verification, the exact ExecStart.
 mod nixos;
+// Delivery to services: the credential socket (direct and under a real systemd), `watch`.
+mod credsock;
