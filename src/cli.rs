@@ -122,12 +122,31 @@ pub enum Command {
     Acl(AclCommand),
     /// Run a command with secrets in its environment (exec: signals and exit codes pass through)
     #[command(
-        after_help = "Examples:\n  vaultfs env aws:/AWS_SECRET_ACCESS_KEY -- aws s3 ls\n  vaultfs env ci:/github-token=GITHUB_TOKEN -- gh pr list\n  vaultfs env app:/env -- ./server     # every secret in the directory"
+        after_help = "Examples:\n  vaultfs env aws:/AWS_SECRET_ACCESS_KEY -- aws s3 ls\n  vaultfs env ci:/github-token=GITHUB_TOKEN -- gh pr list\n  vaultfs env app:/env -- ./server     # every secret in the directory\n  vaultfs env --restart-on-change app:/db-password -- ./server"
     )]
     Env {
         /// VAULT:/PATH[=VAR]: the variable defaults to the secret's base name; a directory exports every secret in it
         #[arg(required = true)]
         secrets: Vec<String>,
+        /// Stay the command's parent and restart it (SIGTERM, wait, start) with fresh values after each change of the secrets' bytes
+        #[arg(long)]
+        restart_on_change: bool,
+        #[command(flatten)]
+        timing: crate::watch::WatchArgs,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a command after each change of secrets (coalesced; never at start; failures retried with backoff)
+    #[command(after_help = "Examples:
+  vaultfs watch app:/tls -- systemctl reload nginx
+  vaultfs watch --quiet-period 5s app:/db-password ci:/token -- /usr/local/bin/redeploy")]
+    Watch {
+        /// VAULT:/PATH of a secret, or a directory (every secret directly in it)
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        timing: crate::watch::WatchArgs,
         /// The command and its arguments, after `--`
         #[arg(last = true, required = true)]
         command: Vec<String>,

@@ -11,6 +11,7 @@ mod daemon;
 mod exit;
 mod hygiene;
 mod output;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -33,7 +34,23 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Mv { from, to } => secrets::mv(cli, from, to),
         Command::Mkdir { parents, address } => secrets::mkdir(cli, address, *parents),
         Command::Acl(cmd) => acl::acl(cli, cmd),
-        Command::Env { secrets, command } => env::env(cli, secrets, command),
+        Command::Env {
+            secrets,
+            command,
+            restart_on_change: true,
+            timing,
+        } => return env::env_restarting(cli, secrets, command, timing),
+        Command::Env {
+            secrets,
+            command,
+            timing,
+            ..
+        } => env::env(cli, secrets, command, timing),
+        Command::Watch {
+            addresses,
+            timing,
+            command,
+        } => commands::watch::watch(cli, addresses, timing, command),
         Command::Mount {
             source,
             mountpoint,

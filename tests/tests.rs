@@ -24,3 +24,4 @@ mod clients;
 mod nixos;
 // Delivery to services: the credential socket (direct and under a real systemd), `watch`.
 mod credsock;
+mod watch;

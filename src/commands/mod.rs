@@ -8,3 +8,4 @@ pub mod mount;
 pub mod secrets;
 pub mod serve;
 pub mod vaults;
+pub mod watch;
