@@ -372,7 +372,7 @@ fn systemd_unit_gets_its_credential_and_a_denied_unit_fails() {
     std::fs::write(
         stage.join("serve.toml"),
         format!(
-            "store = \"/var/lib/vaultfs-test/store.db\"\nkey_file = \"/opt/vaultfs/key\"\n{}",
+            "store = \"/var/lib/vaultfs-test/store.db\"\n{}",
             config(
                 Path::new("/run/vaultfs/credentials.sock"),
                 &[(0, "consumer.service", "tok", &addr)]
@@ -387,21 +387,30 @@ fn systemd_unit_gets_its_credential_and_a_denied_unit_fails() {
         std::fs::write(&path, text).unwrap();
         path
     };
+    // The shipped, hardened unit (its system-call filter, capabilities and address families),
+    // with the paths of this container.
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/vaultfs.service"),
+    )
+    .expect("contrib/systemd/vaultfs.service");
     let server = unit(
-        "vaultfs-credsock.service",
-        "[Service]\nType=notify\nEnvironment=VAULTFS_LOG=info\nExecStart=/opt/vaultfs/vaultfs serve --config /opt/vaultfs/serve.toml\n",
+        "vaultfs.service",
+        &shipped
+            .replace("/usr/local/bin/vaultfs", "/opt/vaultfs/vaultfs")
+            .replace("/etc/vaultfs/", "/opt/vaultfs/")
+            .replace("[Service]\n", "[Service]\nEnvironment=VAULTFS_LOG=info\n"),
     );
     let consumer = unit(
         "consumer.service",
-        "[Unit]\nAfter=vaultfs-credsock.service\nRequires=vaultfs-credsock.service\n[Service]\nType=oneshot\nLoadCredential=tok:/run/vaultfs/credentials.sock\nExecStart=/usr/bin/sh -c 'cp \"$CREDENTIALS_DIRECTORY/tok\" /out/consumer.tok'\n",
+        "[Unit]\nAfter=vaultfs.service\nRequires=vaultfs.service\n[Service]\nType=oneshot\nLoadCredential=tok:/run/vaultfs/credentials.sock\nExecStart=/usr/bin/sh -c 'cp \"$CREDENTIALS_DIRECTORY/tok\" /out/consumer.tok'\n",
     );
     let denied = unit(
         "denied.service",
-        "[Unit]\nAfter=vaultfs-credsock.service\nRequires=vaultfs-credsock.service\n[Service]\nType=oneshot\nLoadCredential=tok:/run/vaultfs/credentials.sock\nExecStart=/usr/bin/sh -c 'wc -c <\"$CREDENTIALS_DIRECTORY/tok\" >/out/denied.size'\n",
+        "[Unit]\nAfter=vaultfs.service\nRequires=vaultfs.service\n[Service]\nType=oneshot\nLoadCredential=tok:/run/vaultfs/credentials.sock\nExecStart=/usr/bin/sh -c 'wc -c <\"$CREDENTIALS_DIRECTORY/tok\" >/out/denied.size'\n",
     );
     let probe = unit(
         "probe.service",
-        "[Unit]\nAfter=vaultfs-credsock.service\n[Service]\nType=oneshot\nExecStart=/usr/bin/sh -c 'systemctl start consumer.service; echo $? >/out/consumer.rc; systemctl start denied.service; echo $? >/out/denied.rc; systemctl show -p Result denied.service >/out/denied.result; journalctl -b --no-pager >/out/journal.txt'\n",
+        "[Unit]\nAfter=vaultfs.service\n[Service]\nType=oneshot\nExecStart=/usr/bin/sh -c 'systemctl start consumer.service; echo $? >/out/consumer.rc; systemctl start denied.service; echo $? >/out/denied.rc; systemctl show -p Result denied.service >/out/denied.result; journalctl -b --no-pager >/out/journal.txt'\n",
     );
     let out = ts.path("out");
     let mut cmd = Command::new(systemd_boot());
