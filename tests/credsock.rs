@@ -333,6 +333,40 @@ fn a_client_that_never_reads_or_vanishes_blocks_nobody() {
 }
 
 #[test]
+fn a_stale_socket_is_replaced_and_sigterm_removes_the_socket() {
+    let ts = TestStore::new();
+    let vault = random_name();
+    ts.vault(&vault, &[]);
+    let secret = random_bytes(20);
+    let addr = format!("{vault}:/tok");
+    ts.write(&addr, &secret);
+    let rules = [(0, "consumer.service", "tok", addr.as_str())];
+    // A daemon killed outright leaves its socket file behind.
+    let mut crashed = serve(&ts, &rules);
+    crashed.child.kill().unwrap();
+    crashed.child.wait().unwrap();
+    assert!(crashed.socket.exists());
+    std::mem::forget(crashed);
+    let mut server = serve(&ts, &rules);
+    wait_until(Duration::from_secs(10), "the new daemon to listen", || {
+        server.log().contains("serving credentials")
+    });
+    assert_eq!(
+        ask(&server.socket, "consumer.service", "tok").unwrap(),
+        secret
+    );
+    // SIGTERM: exit 0, socket removed.
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = within(Duration::from_secs(10), "serve to exit on SIGTERM", {
+        let mut child = std::mem::replace(&mut server.child, Command::new("true").spawn().unwrap());
+        move || child.wait().unwrap()
+    });
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(!server.socket.exists(), "the socket file is left behind");
+}
+
+#[test]
 fn serve_check_accepts_and_rejects_credentials_configs() {
     let ts = TestStore::new();
     let socket = ts.path("c.sock");
