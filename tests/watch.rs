@@ -320,3 +320,21 @@ fn watch_refuses_a_missing_address_and_env_timing_without_restart() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"soon\" is not a duration"));
 }
+
+#[test]
+fn watching_a_directory_sees_a_new_secret_in_it() {
+    let ts = TestStore::new();
+    let vault = random_name();
+    ts.vault(&vault, &[]);
+    ts.write(&format!("{vault}:/app/a"), b"1");
+    let runs = ts.path("runs");
+    let w = watch_appending(&ts, &format!("{vault}:/app"), "300ms", &runs);
+    ts.write(&format!("{vault}:/elsewhere"), b"1");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(lines(&runs).is_empty(), "ran for a secret outside the directory");
+    ts.write(&format!("{vault}:/app/b"), b"2");
+    wait_until(Duration::from_secs(10), "the command to run", || {
+        lines(&runs).len() == 1
+    });
+    drop(w);
+}
