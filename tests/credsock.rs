@@ -486,6 +486,12 @@ fn systemd_unit_gets_its_credential_and_a_denied_unit_fails() {
         "{}",
         context()
     );
+    assert!(
+        journal
+            .contains("denied.service: Main process exited, code=exited, status=243/CREDENTIALS"),
+        "{}",
+        context()
+    );
     assert!(!out.join("denied.size").exists(), "{}", context());
     assert!(
         journal.contains("credential refused: unit denied.service (uid 0) asked for id tok"),

@@ -331,7 +331,10 @@ fn watching_a_directory_sees_a_new_secret_in_it() {
     let w = watch_appending(&ts, &format!("{vault}:/app"), "300ms", &runs);
     ts.write(&format!("{vault}:/elsewhere"), b"1");
     std::thread::sleep(Duration::from_millis(1200));
-    assert!(lines(&runs).is_empty(), "ran for a secret outside the directory");
+    assert!(
+        lines(&runs).is_empty(),
+        "ran for a secret outside the directory"
+    );
     ts.write(&format!("{vault}:/app/b"), b"2");
     wait_until(Duration::from_secs(10), "the command to run", || {
         lines(&runs).len() == 1
