@@ -175,7 +175,7 @@ pub enum Command {
     },
     /// Run a command with secrets in its environment (exec: signals and exit codes pass through); one trailing newline of each value is dropped unless --raw
     #[command(
-        after_help = "Examples:\n  vaultfs env aws:/AWS_SECRET_ACCESS_KEY -- aws s3 ls\n  vaultfs env ci:/github-token=GITHUB_TOKEN -- gh pr list\n  vaultfs env app:/env -- ./server     # every secret in the directory"
+        after_help = "Examples:\n  vaultfs env aws:/AWS_SECRET_ACCESS_KEY -- aws s3 ls\n  vaultfs env ci:/github-token=GITHUB_TOKEN -- gh pr list\n  vaultfs env app:/env -- ./server     # every secret in the directory\n  vaultfs env --restart-on-change app:/db-password -- ./server"
     )]
     Env {
         #[command(flatten)]
@@ -186,6 +186,27 @@ pub enum Command {
         /// Keep each value byte for byte; by default one trailing newline is dropped, as `$(...)` does
         #[arg(long)]
         raw: bool,
+        /// Stay the command's parent and restart it (SIGTERM, wait, start) with fresh values after each change of the secrets' bytes
+        #[arg(long)]
+        restart_on_change: bool,
+        #[command(flatten)]
+        timing: crate::watch::WatchArgs,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a command after each change of secrets (coalesced; never at start; failures retried with backoff)
+    #[command(after_help = "Examples:
+  vaultfs watch app:/tls -- systemctl reload nginx
+  vaultfs watch --quiet-period 5s app:/db-password ci:/token -- /usr/local/bin/redeploy")]
+    Watch {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// VAULT:/PATH of a secret, or a directory (every secret directly in it)
+        #[arg(required = true)]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        timing: crate::watch::WatchArgs,
         /// The command and its arguments, after `--`
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -272,6 +293,13 @@ Config keys (TOML):
     read_only = BOOL  [default: true]; mounts are read-only, so false is refused
     open_timeout_ms = MS  [default: 2000]; how long an open waits for a locked or stuck
                       store before it fails with EIO (listing and stat never wait)
+  [credentials]       optional: a socket for systemd's LoadCredential=ID:PATH
+    socket = PATH     absolute; units connect here at start
+    [[credentials.rule]]  one per credential a unit may get; anything else is refused:
+      unit = NAME     the full unit name, e.g. \"app.service\"
+      id = ID         the ID of LoadCredential=ID:PATH
+      source = ADDR   VAULT:/PATH of the secret or template to send
+      uid = N         [default: 0] the service manager's uid (0: system; else that user's)
 
 Example config (/etc/vaultfs/serve.toml):
   store = \"/var/lib/vaultfs/store.db\"
@@ -344,6 +372,7 @@ impl Command {
             | Command::Acl { store, .. }
             | Command::Template { store, .. }
             | Command::Env { store, .. }
+            | Command::Watch { store, .. }
             | Command::Mount { store, .. }
             | Command::Serve { store, .. } => Some(store),
             Command::Keygen { .. }

@@ -37,6 +37,49 @@ struct ServeConfig {
     key_file: Option<PathBuf>,
     #[serde(rename = "mount", default)]
     mounts: Vec<MountConfig>,
+    /// The credential socket for systemd's `LoadCredential=`.
+    credentials: Option<CredentialsConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsConfig {
+    socket: PathBuf,
+    #[serde(rename = "rule", default)]
+    rules: Vec<CredentialRuleConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialRuleConfig {
+    unit: String,
+    id: String,
+    source: String,
+    #[serde(default)]
+    uid: u32,
+}
+
+/// The credential socket: where it listens and what it may answer.
+#[derive(Debug, Clone)]
+pub struct CredentialSocketSpec {
+    /// The socket's path (absolute).
+    pub socket: PathBuf,
+    /// Who gets what; anything no rule names is refused.
+    pub rules: Vec<CredentialRule>,
+}
+
+/// One grant: the unit `unit` started by the service manager running as `uid` (0: the system
+/// manager, another uid: that user's manager) gets the secret at `source` as credential `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRule {
+    /// The peer's uid, as the kernel reports it (SO_PEERCRED).
+    pub uid: u32,
+    /// The full unit name, e.g. `consumer.service`.
+    pub unit: String,
+    /// The credential id of `LoadCredential=ID:...`.
+    pub id: String,
+    /// The secret to send.
+    pub source: Address,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +106,70 @@ pub struct CheckedConfig {
     pub key_file: Option<PathBuf>,
     /// The mounts, in order.
     pub mounts: Vec<MountSpec>,
+    /// The credential socket, if the config has a `[credentials]` section.
+    pub credentials: Option<CredentialSocketSpec>,
+}
+
+/// Whether `name` can appear as one component of systemd's peer address (a unit name or a
+/// credential id): non-empty, no `/`, no NUL, no whitespace.
+fn valid_component(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\0' || c.is_whitespace())
+}
+
+fn check_credentials(
+    config: &CredentialsConfig,
+    origin: &str,
+) -> Result<CredentialSocketSpec, ConfigError> {
+    let fail = |msg: String| Err(ConfigError(msg));
+    if !config.socket.is_absolute() {
+        return fail(format!(
+            "{origin}: [credentials] socket {} must be an absolute path",
+            config.socket.display()
+        ));
+    }
+    if config.rules.is_empty() {
+        return fail(format!(
+            "{origin}: [credentials] has no [[credentials.rule]]: the socket would refuse everything"
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut rules = Vec::new();
+    for (i, r) in config.rules.iter().enumerate() {
+        let which = format!("{origin}: credentials rule #{}", i + 1);
+        if !valid_component(&r.unit) || !r.unit.contains('.') {
+            return fail(format!(
+                "{which}: unit {:?} is not a full unit name (e.g. \"app.service\")",
+                r.unit
+            ));
+        }
+        if !valid_component(&r.id) {
+            return fail(format!("{which}: id {:?} is not a credential id", r.id));
+        }
+        let source = match Address::parse_entry(&r.source) {
+            Ok(a) => a,
+            Err(e) => return fail(format!("{which}: {e}")),
+        };
+        if !seen.insert((r.uid, r.unit.clone(), r.id.clone())) {
+            return fail(format!(
+                "{which}: unit {} (uid {}) already has a rule for id {}",
+                r.unit, r.uid, r.id
+            ));
+        }
+        rules.push(CredentialRule {
+            uid: r.uid,
+            unit: r.unit.clone(),
+            id: r.id.clone(),
+            source,
+        });
+    }
+    Ok(CredentialSocketSpec {
+        socket: config.socket.clone(),
+        rules,
+    })
 }
 
 /// Parses and validates config text; `origin` names it in errors.
@@ -81,8 +188,10 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
             };
         }
     };
-    if config.mounts.is_empty() {
-        return fail(format!("{origin}: no [[mount]] sections: nothing to serve"));
+    if config.mounts.is_empty() && config.credentials.is_none() {
+        return fail(format!(
+            "{origin}: no [[mount]] sections and no [credentials]: nothing to serve"
+        ));
     }
     let mut seen = HashSet::new();
     let mut mounts = Vec::new();
@@ -129,10 +238,15 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
             ));
         }
     }
+    let credentials = match &config.credentials {
+        Some(c) => Some(check_credentials(c, origin)?),
+        None => None,
+    };
     Ok(CheckedConfig {
         store: config.store,
         key_file: config.key_file,
         mounts,
+        credentials,
     })
 }
 
@@ -149,6 +263,22 @@ mod tests {
         .unwrap();
         assert_eq!(c.mounts.len(), 2);
         assert_eq!(c.mounts[0].source.to_string(), "nix:/nix-tokens");
+        assert!(c.credentials.is_none());
+    }
+
+    #[test]
+    fn accepts_a_credentials_only_config() {
+        let c = parse_config(
+            "[credentials]\nsocket = \"/run/vaultfs/credentials.sock\"\n[[credentials.rule]]\nunit = \"consumer.service\"\nid = \"tok\"\nsource = \"app:/tok\"\n[[credentials.rule]]\nunit = \"app.service\"\nid = \"tok\"\nsource = \"app:/user/tok\"\nuid = 1000\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.mounts.is_empty());
+        let creds = c.credentials.unwrap();
+        assert_eq!(creds.rules.len(), 2);
+        assert_eq!(creds.rules[0].uid, 0);
+        assert_eq!(creds.rules[1].uid, 1000);
+        assert_eq!(creds.rules[1].source.to_string(), "app:/user/tok");
     }
 
     #[test]
@@ -161,6 +291,12 @@ mod tests {
             ("[[mount]]\nsource = \"n\"\nmountpoint = \"/a\"\n[[mount]]\nsource = \"m\"\nmountpoint = \"/a\"\n", "twice"),
             ("[[mount]]\nsource = \"n\"\nmountpoint = \"/a\"\ncolour = 1\n", "t:"),
             ("store = [\n", "t:"),
+            ("[credentials]\nsocket = \"rel.sock\"\n[[credentials.rule]]\nunit = \"a.service\"\nid = \"t\"\nsource = \"v:/t\"\n", "absolute"),
+            ("[credentials]\nsocket = \"/run/c.sock\"\n", "no [[credentials.rule]]"),
+            ("[credentials]\nsocket = \"/run/c.sock\"\n[[credentials.rule]]\nunit = \"a/b.service\"\nid = \"t\"\nsource = \"v:/t\"\n", "rule #1: unit"),
+            ("[credentials]\nsocket = \"/run/c.sock\"\n[[credentials.rule]]\nunit = \"a.service\"\nid = \"t/x\"\nsource = \"v:/t\"\n", "rule #1: id"),
+            ("[credentials]\nsocket = \"/run/c.sock\"\n[[credentials.rule]]\nunit = \"a.service\"\nid = \"t\"\nsource = \"v\"\n", "rule #1"),
+            ("[credentials]\nsocket = \"/run/c.sock\"\n[[credentials.rule]]\nunit = \"a.service\"\nid = \"t\"\nsource = \"v:/t\"\n[[credentials.rule]]\nunit = \"a.service\"\nid = \"t\"\nsource = \"v:/u\"\n", "already has a rule"),
         ];
         for (text, want) in cases {
             let err = parse_config(text, "t").unwrap_err().to_string();

@@ -10,12 +10,14 @@ mod cli;
 mod commands;
 mod config;
 mod credentials;
+mod credsock;
 mod daemon;
 mod exit;
 mod hygiene;
 mod mounts;
 mod output;
 mod tty;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -56,8 +58,23 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             secrets,
             raw,
             command,
+            restart_on_change: true,
+            timing,
             ..
-        } => env::env(cli, secrets, *raw, command),
+        } => return env::env_restarting(cli, secrets, *raw, command, timing),
+        Command::Env {
+            secrets,
+            raw,
+            command,
+            timing,
+            ..
+        } => env::env(cli, secrets, *raw, command, timing),
+        Command::Watch {
+            addresses,
+            timing,
+            command,
+            ..
+        } => commands::watch::watch(cli, addresses, timing, command),
         Command::Mount {
             source,
             mountpoint,

@@ -30,3 +30,6 @@ mod clients;
 mod nixos;
 // The README's CLI tour, run as written.
 mod readme_tour;
+// Delivery to services: the credential socket (direct and under a real systemd), `watch`.
+mod credsock;
+mod watch;

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(c) = config::parse_config(text, "fuzz.toml") {
-        assert!(!c.mounts.is_empty());
+        assert!(!c.mounts.is_empty() || c.credentials.is_some());
         let mut seen = std::collections::HashSet::new();
         for m in &c.mounts {
             assert!(m.mountpoint.is_absolute());

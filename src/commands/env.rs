@@ -1,7 +1,10 @@
-//! `env`: run a command with secrets in its environment, replacing this process.
+//! `env`: run a command with secrets in its environment, replacing this process; or, with
+//! `--restart-on-change`, as its parent, restarting it with fresh values after each change.
 
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ExitCode, ExitStatus};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use vaultfs_store::{Address, SecretBytes, Store};
@@ -9,6 +12,8 @@ use vaultfs_store::{Address, SecretBytes, Store};
 use crate::cli::Cli;
 use crate::credentials;
 use crate::exit::usage;
+use crate::hygiene;
+use crate::watch::{self, poll_change, Coalescer, Fingerprinter, WatchArgs, Watched};
 
 /// Whether `name` is a portable environment variable name.
 fn valid_var(name: &str) -> bool {
@@ -77,29 +82,175 @@ fn strip_newline(value: &mut SecretBytes) {
     }
 }
 
-/// Reads every secret, then execs `command` with them in its environment.
-pub fn env(cli: &Cli, specs: &[String], raw: bool, command: &[String]) -> Result<()> {
-    let store = credentials::open_store(cli)?;
+/// Every variable the specs name, read from `store`.
+/// Without `raw`, one trailing newline of each value is dropped (see [`strip_newline`]).
+fn collect_all(store: &Store, specs: &[String], raw: bool) -> Result<Vec<(String, SecretBytes)>> {
     let mut vars = Vec::new();
     for spec in specs {
-        collect(&store, spec, &mut vars)?;
+        collect(store, spec, &mut vars)?;
     }
     if !raw {
         vars.iter_mut().for_each(|(_, v)| strip_newline(v));
     }
-    drop(store);
+    Ok(vars)
+}
+
+/// `command` with `vars` in its environment.
+fn command_with(
+    command: &[String],
+    vars: &[(String, SecretBytes)],
+) -> Result<std::process::Command> {
     let (program, args) = command.split_first().expect("clap requires a command");
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    for (name, value) in &vars {
+    for (name, value) in vars {
         if value.expose().contains(&0) {
             usage!("secret for {name} holds a NUL byte, which an environment variable cannot");
         }
         cmd.env(name, std::ffi::OsStr::from_bytes(value.expose()));
     }
+    Ok(cmd)
+}
+
+/// Reads every secret, then execs `command` with them in its environment.
+pub fn env(
+    cli: &Cli,
+    specs: &[String],
+    raw: bool,
+    command: &[String],
+    timing: &WatchArgs,
+) -> Result<()> {
+    if timing.any() {
+        usage!("--quiet-period and --poll-interval apply only with --restart-on-change");
+    }
+    let store = credentials::open_store(cli)?;
+    let vars = collect_all(&store, specs, raw)?;
+    drop(store);
+    let mut cmd = command_with(command, &vars)?;
     // exec only returns on failure; the secrets in `vars` are wiped as they drop.
     let err = cmd.exec();
-    Err(err).with_context(|| format!("cannot run {program:?}"))
+    Err(err).with_context(|| format!("cannot run {:?}", command[0]))
+}
+
+/// How long a child may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The exit code a shell would report for `status`.
+fn exit_code(status: ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Sends `sig` to `child` and waits for it, killing it after [`STOP_TIMEOUT`].
+fn stop(child: &mut Child, sig: i32) -> ExitStatus {
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                tracing::warn!(
+                    "child {} ignored SIGTERM for {STOP_TIMEOUT:?}; killing it",
+                    child.id()
+                );
+                let _ = child.kill();
+                return child.wait().unwrap_or_else(|_| {
+                    ExitStatus::from_raw(nix::sys::signal::Signal::SIGKILL as i32)
+                });
+            }
+        }
+    }
+}
+
+/// `env --restart-on-change`: runs `command` as a child with the secrets in its environment and
+/// restarts it (SIGTERM, wait, start) with fresh values after each change of their bytes.
+/// Returns the child's exit code when it exits on its own, or after passing on SIGTERM, SIGINT
+/// or SIGHUP.
+pub fn env_restarting(
+    cli: &Cli,
+    specs: &[String],
+    raw: bool,
+    command: &[String],
+    timing: &WatchArgs,
+) -> Result<ExitCode> {
+    let addrs = specs
+        .iter()
+        .map(|s| Address::parse_entry(split_spec(s).0))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    // A long-lived process holding keys: keep its pages out of swap.
+    hygiene::lock_memory();
+    let store = credentials::open_store(cli)?;
+    let vars = collect_all(&store, specs, raw)?;
+    let mut watched = Watched::new(store, addrs)?;
+    let fp = Fingerprinter::new()?;
+    let fingerprint = |vars: &[(String, SecretBytes)]| {
+        fp.of(vars.iter().map(|(n, v)| (n.as_str(), Some(v.expose()))))
+    };
+    let mut last = fingerprint(&vars);
+    watch::catch_stop_signals();
+    let program = &command[0];
+    let mut child = Some(
+        command_with(command, &vars)?
+            .spawn()
+            .with_context(|| format!("cannot run {program:?}"))?,
+    );
+    drop(vars);
+    let mut owed = Coalescer::new(timing.quiet());
+    loop {
+        std::thread::sleep(timing.poll());
+        if let Some(sig) = watch::stop_signal() {
+            return Ok(match child.as_mut() {
+                Some(c) => exit_code(stop(c, sig)),
+                None => ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)),
+            });
+        }
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                tracing::info!("{program:?} exited ({status})");
+                return Ok(exit_code(status));
+            }
+        }
+        let changed = poll_change(&mut watched, &mut last, |w| {
+            Ok(fingerprint(&collect_all(w.store(), specs, raw)?))
+        });
+        if changed {
+            tracing::info!("a secret changed; restarting {program:?} once quiet");
+            owed.changed(Instant::now());
+        }
+        if !owed.due(Instant::now()) {
+            continue;
+        }
+        let restarted = collect_all(watched.store(), specs, raw).and_then(|vars| {
+            if let Some(mut old) = child.take() {
+                stop(&mut old, nix::sys::signal::Signal::SIGTERM as i32);
+            }
+            let new = command_with(command, &vars)?
+                .spawn()
+                .with_context(|| format!("cannot run {program:?}"))?;
+            Ok((new, fingerprint(&vars)))
+        });
+        match restarted {
+            Ok((new, print)) => {
+                tracing::info!("restarted {program:?} with fresh values");
+                child = Some(new);
+                last = print;
+                owed.succeeded();
+            }
+            Err(e) => {
+                let (n, delay) = owed.failed(Instant::now());
+                tracing::warn!(
+                    "cannot restart {program:?} ({e:#}), attempt {n}; retrying in {delay:?}"
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,3 +11,4 @@ pub mod secrets;
 pub mod serve;
 pub mod template;
 pub mod vaults;
+pub mod watch;

@@ -17,8 +17,9 @@ pub fn serve(cli: &Cli, config_path: &Path, check: bool) -> Result<()> {
     let config =
         parse_config(&text, &config_path.display().to_string()).map_err(|e| UsageError(e.0))?;
     if check {
+        let rules = config.credentials.as_ref().map_or(0, |c| c.rules.len());
         eprintln!(
-            "{}: ok ({} mount(s))",
+            "{}: ok ({} mount(s), {rules} credential rule(s))",
             config_path.display(),
             config.mounts.len()
         );
@@ -33,10 +34,11 @@ pub fn serve(cli: &Cli, config_path: &Path, check: bool) -> Result<()> {
         (None, Some(k), None) => credentials::key_file(k)?,
         _ => credentials::unlock_credential(cli)?,
     };
-    daemon::serve(
+    daemon::serve_with_credentials(
         &store_path,
         cred,
         &config.mounts,
+        config.credentials.as_ref(),
         cli.allow_rollback,
         Readiness::foreground(),
         None,

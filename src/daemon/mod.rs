@@ -13,6 +13,8 @@ pub use crate::config::MountSpec;
 pub use notify::{sd_notify, Readiness};
 pub use process::{fork_daemon, quiet_stderr};
 
+use crate::config::CredentialSocketSpec;
+use crate::credsock::{self, CredentialSocket};
 use crate::hygiene;
 
 /// Opens the store, mounts every spec, reports readiness, and serves until all are unmounted.
@@ -22,12 +24,33 @@ pub fn serve(
     cred: Credential,
     specs: &[MountSpec],
     allow_rollback: bool,
+    readiness: Readiness,
+    log_file: Option<&std::path::Path>,
+) -> Result<()> {
+    serve_with_credentials(
+        store_path,
+        cred,
+        specs,
+        None,
+        allow_rollback,
+        readiness,
+        log_file,
+    )
+}
+
+/// [`serve`], plus the credential socket of `credentials` (see [`credsock`]).
+pub fn serve_with_credentials(
+    store_path: &std::path::Path,
+    cred: Credential,
+    specs: &[MountSpec],
+    credentials: Option<&CredentialSocketSpec>,
+    allow_rollback: bool,
     mut readiness: Readiness,
     log_file: Option<&std::path::Path>,
 ) -> Result<()> {
     let signals = process::block_signals();
     let daemonized = matches!(readiness, Readiness::Parent(_));
-    let mounted = match mount_all(store_path, cred, specs, allow_rollback) {
+    let (mounted, socket) = match mount_all(store_path, cred, specs, credentials, allow_rollback) {
         Ok(m) => m,
         Err(e) => {
             readiness.failed(&e);
@@ -36,7 +59,16 @@ pub fn serve(
     };
     let mut mounted = mounted;
     let unmounters = mounted.iter_mut().map(|m| m.unmounter()).collect();
-    process::spawn_signal_thread(signals, unmounters);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    process::spawn_signal_thread(signals, unmounters, stop_tx);
+    let socket_path = socket.as_ref().map(|s| s.path().to_owned());
+    if let Some(socket) = socket {
+        tracing::info!("serving credentials at {}", socket.path().display());
+        std::thread::Builder::new()
+            .name("vaultfs-credsock".into())
+            .spawn(move || socket.run())
+            .context("cannot start the credential socket thread")?;
+    }
     for m in &mounted {
         tracing::info!("serving {} at {}", m.describe(), m.mountpoint().display());
     }
@@ -56,6 +88,10 @@ pub fn serve(
             (where_, handle)
         })
         .collect();
+    if threads.is_empty() {
+        // Only a credential socket: serve until SIGTERM or SIGINT.
+        let _ = stop_rx.recv();
+    }
     let mut failed = false;
     for (mountpoint, handle) in threads {
         let result = handle
@@ -71,18 +107,24 @@ pub fn serve(
         }
     }
     sd_notify("STOPPING=1");
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
     if failed {
         anyhow::bail!("a mount ended with an error");
     }
     Ok(())
 }
 
+type MountedAll = (Vec<vaultfs_fs::Mounted>, Option<CredentialSocket>);
+
 fn mount_all(
     store_path: &std::path::Path,
     cred: Credential,
     specs: &[MountSpec],
+    credentials: Option<&CredentialSocketSpec>,
     allow_rollback: bool,
-) -> Result<Vec<vaultfs_fs::Mounted>> {
+) -> Result<MountedAll> {
     // Failure is warned about inside; mounting still works.
     hygiene::lock_memory();
     let options = vaultfs_store::OpenOptions {
@@ -98,7 +140,22 @@ fn mount_all(
             .with_context(|| format!("cannot mount {}", spec.source))?;
         readers.push(reader);
     }
+    // The socket's vaults get readers of their own: a daemon holds only the keys of the
+    // vaults it serves.
+    let mut socket_readers = std::collections::HashMap::new();
+    if let Some(spec) = credentials {
+        for vault in credsock::vaults(spec) {
+            let reader = store
+                .reader(&vault)
+                .with_context(|| format!("cannot serve credentials from vault {vault}"))?;
+            socket_readers.insert(vault, std::sync::Arc::new(reader));
+        }
+    }
     drop(store);
+    let socket = match credentials {
+        Some(spec) => Some(CredentialSocket::bind(spec, socket_readers)?),
+        None => None,
+    };
     let mut mounted: Vec<vaultfs_fs::Mounted> = Vec::new();
     for (spec, reader) in specs.iter().zip(readers) {
         let options = vaultfs_fs::Options {
@@ -121,5 +178,5 @@ fn mount_all(
             }
         }
     }
-    Ok(mounted)
+    Ok((mounted, socket))
 }

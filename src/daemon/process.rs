@@ -91,7 +91,13 @@ pub fn block_signals() -> SigSet {
 }
 
 /// Unmounts every mount on SIGTERM or SIGINT; the serving threads then return.
-pub fn spawn_signal_thread(set: SigSet, mut unmounters: Vec<vaultfs_fs::Unmounter>) {
+///
+/// `stopped` is told too, for a daemon that serves only a credential socket.
+pub fn spawn_signal_thread(
+    set: SigSet,
+    mut unmounters: Vec<vaultfs_fs::Unmounter>,
+    stopped: std::sync::mpsc::Sender<()>,
+) {
     let spawned = std::thread::Builder::new()
         .name("vaultfs-signals".into())
         .spawn(move || loop {
@@ -108,6 +114,7 @@ pub fn spawn_signal_thread(set: SigSet, mut unmounters: Vec<vaultfs_fs::Unmounte
                     tracing::warn!("cannot unmount {}: {e}", u.mountpoint().display());
                 }
             }
+            let _ = stopped.send(());
             return;
         });
     if let Err(e) = spawned {
