@@ -216,6 +216,8 @@ pub fn serve(
     log_file: Option<&std::path::Path>,
 ) -> Result<()> {
     let signals = block_signals();
+    // From here on, logging never waits on its sink (this is after any fork).
+    crate::logging::start_writer();
     let daemonized = matches!(readiness, Readiness::Parent(_));
     let mounted = match mount_all(store_path, cred, specs) {
         Ok(m) => m,

@@ -11,6 +11,8 @@ mod cli;
 mod faults;
 mod hygiene;
 mod import;
+// Logging under floods and blocked sinks.
+mod logging;
 
 // The FUSE mount: attributes, permissions, rotation, signals, stale mounts, stalls.
 mod mount;

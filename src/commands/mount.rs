@@ -31,6 +31,9 @@ pub fn mount(
         source,
         mountpoint: absolute(mountpoint)?,
     };
+    if let Some(path) = log_file {
+        crate::logging::to_file(path)?;
+    }
     let store_path = credentials::store_path(cli);
     credentials::require_store(&store_path)?;
     // Ask for the passphrase while the terminal is still ours; fork before SQLite or any
