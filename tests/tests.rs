@@ -11,6 +11,8 @@ mod cli;
 mod faults;
 mod hygiene;
 mod import;
+// Import of many files: flat memory, all or nothing.
+mod import_stream;
 // Logging under floods and blocked sinks.
 mod logging;
 
