@@ -172,7 +172,9 @@ fn small_disk(ts: &TestStore, size: &str) -> SmallDisk {
     let dir = ts.path("disk");
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        // mode=0700: a tmpfs is 1777 by default, and vaultfs refuses a store others can
+        // plant files next to.
+        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
         .arg(&dir)
         .output()
         .unwrap();

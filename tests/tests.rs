@@ -13,6 +13,8 @@ mod hygiene;
 mod import;
 // Import of many files: flat memory, all or nothing.
 mod import_stream;
+// Key files and store directories other users can touch.
+mod key_perms;
 // Logging under floods and blocked sinks.
 mod logging;
 
