@@ -174,7 +174,13 @@ fn small_disk(ts: &TestStore, size: &str) -> SmallDisk {
     let out = Command::new("mount")
         // mode=0700: a tmpfs is 1777 by default, and vaultfs refuses a store others can
         // plant files next to.
-        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
         .arg(&dir)
         .output()
         .unwrap();

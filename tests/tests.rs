@@ -15,6 +15,8 @@ mod import;
 mod import_stream;
 // Key files and store directories other users can touch.
 mod key_perms;
+// Numeric owners and groups: granted as numbers, with a warning when the host lacks them.
+mod numeric_ids;
 // Logging under floods and blocked sinks.
 mod logging;
 
