@@ -4,7 +4,8 @@
 //! log sink nobody reads (a full pipe, a stalled journal, a full disk) blocked the request
 //! thread that logged, and with it every reader of the mount. So:
 //!
-//! - Repeats are summarized. A line is keyed by where it is logged and its text with the
+//! - Repeats of errors, warnings and info lines are summarized (debug and trace, asked for to
+//!   follow requests one by one, are not). A line is keyed by where it is logged and its text with the
 //!   digits taken out; the first of a key is printed, repeats within [`WINDOW`] are counted and
 //!   reported once ("repeated N times in the last 10 s"). Distinct texts from one place (other
 //!   paths) still get their first line, up to [`DISTINCT_PER_SITE`] per window, then they too
@@ -365,6 +366,12 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for RateLimited {
             target: text.log_target.clone(),
         };
         let shared = shared();
+        if *meta.level() >= Level::DEBUG {
+            // Asked for explicitly, to follow requests one by one: never summarized (still
+            // queued, so a slow sink costs counted lines, not a stalled mount).
+            shared.emit(line(*meta.level(), &text.message));
+            return;
+        }
         let mut summaries = Vec::new();
         let admitted = shared.limiter.lock().admit(
             site,
