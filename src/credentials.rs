@@ -57,9 +57,85 @@ pub fn read_secret(mut reader: impl Read, limit: u64) -> std::io::Result<Option<
 
 fn read_credential_file(path: &Path, what: &str) -> Result<SecretBytes> {
     let file = std::fs::File::open(path).with_context(|| format!("{what} {}", path.display()))?;
+    // Checked on the open file (fstat), so a swap of the path after the check changes nothing.
+    let meta = file
+        .metadata()
+        .with_context(|| format!("{what} {}", path.display()))?;
+    check_private(path, what, &meta)?;
     read_secret(file, MAX_CREDENTIAL_LEN)
         .with_context(|| format!("{what} {}", path.display()))?
         .ok_or_else(|| anyhow::anyhow!("{what} {}: larger than 64 KiB", path.display()))
+}
+
+/// The user running this command.
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Refuses a credential file others can read or write, or one that belongs to another user,
+/// the way ssh refuses such a private key: whoever can read it holds the store, and whoever can
+/// write it (its owner, among others) can swap in their own key. Pipes and terminals (`<(...)`,
+/// `/dev/stdin`) are private to the processes holding them and are not checked.
+fn check_private(path: &Path, what: &str, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() {
+        return Ok(());
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        usage!(
+            "{what} {} is accessible by group or others (mode {mode:04o}); fix it with `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    if meta.uid() != 0 && meta.uid() != euid() {
+        usage!(
+            "{what} {} belongs to uid {}, not to you (uid {}) or root; use a file of your own (`chown {} {}` as root)",
+            path.display(),
+            meta.uid(),
+            euid(),
+            euid(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a store whose directory anyone but its owner (you or root) can write, sticky bit or
+/// not: another user could create `store.db-wal` or `store.db-shm` there before vaultfs does,
+/// and SQLite would use them.
+pub fn check_store_dir(store: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match store.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        // A missing directory is reported by whoever needs it (init creates it 0700).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot reach the store at {}", store.display()))
+        }
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        usage!(
+            "store directory {} is writable by group or others (mode {mode:04o}), so another user could plant files next to the store; fix it with `chmod go-w {}` or move the store",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if meta.uid() != 0 && meta.uid() != euid() {
+        usage!(
+            "store directory {} belongs to uid {}, not to you (uid {}) or root, so that user could plant files next to the store; move the store",
+            dir.display(),
+            meta.uid(),
+            euid()
+        );
+    }
+    Ok(())
 }
 
 /// Reads a key file.
@@ -125,10 +201,11 @@ pub fn new_passphrase() -> Result<Credential> {
 }
 
 /// Fails unless a file is at `path`, saying how to create one when nothing is there, and the
-/// OS's reason (such as a directory the caller may not enter) otherwise.
+/// OS's reason (such as a directory the caller may not enter) otherwise; and unless its
+/// directory passes [`check_store_dir`].
 pub fn require_store(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
-        Ok(_) => Ok(()),
+        Ok(_) => check_store_dir(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(StoreError::Missing(path.to_owned()).into())
         }

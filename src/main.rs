@@ -14,6 +14,7 @@ mod credsock;
 mod daemon;
 mod exit;
 mod hygiene;
+mod logging;
 mod mounts;
 mod output;
 mod tty;
@@ -103,24 +104,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     done.map(|()| exit::Exit::Success.into())
 }
 
-/// Logs go to stderr, at `warn` unless `VAULTFS_LOG` says otherwise. No log line ever holds a
-/// secret's value: the store's types redact themselves in Debug output. fuser's own records
-/// are kept to errors: at debug it names every file looked up, and it warns about unmounting
-/// a filesystem that `umount` already took away.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULTFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}
-
 fn main() -> ExitCode {
     hygiene::harden_process();
-    init_logging();
+    let _log = logging::init();
     let mut cli = Cli::parse();
     cli.absorb_store_args();
     match run(&cli) {

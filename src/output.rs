@@ -159,14 +159,34 @@ pub fn print_json(value: &serde_json::Value) {
     print_lines([text]);
 }
 
-/// Warns (once, on stderr) when an owner or group does not resolve on this host: a mount will
-/// then deny access to the owner or group class rather than fall back to root.
+/// Warns (once, on stderr) when an owner or group does not resolve on this host: a name that
+/// resolves to nothing grants nothing (a mount denies that class rather than fall back to
+/// root), while a number is a uid or gid granted as is, entry or not (containers use ids the
+/// host does not list), so the warning says which of the two happened.
 pub fn warn_unresolved(owner: Option<&str>, group: Option<&str>) {
-    if let Some(owner) = owner.filter(|o| vaultfs_fs::nss::user_id(o).is_none()) {
-        eprintln!("vaultfs: warning: user {owner:?} does not exist on this host; mounts will grant its access to nobody");
+    if let Some(owner) = owner {
+        match owner.parse::<u32>() {
+            Ok(uid) if vaultfs_fs::nss::user_name(uid).is_none() => eprintln!(
+                "vaultfs: warning: uid {uid} has no passwd entry here; granted to uid {uid} as a number"
+            ),
+            Ok(_) => {}
+            Err(_) if vaultfs_fs::nss::user_id(owner).is_none() => eprintln!(
+                "vaultfs: warning: user {owner:?} does not exist on this host; mounts will grant its access to nobody"
+            ),
+            Err(_) => {}
+        }
     }
-    if let Some(group) = group.filter(|g| vaultfs_fs::nss::group_id(g).is_none()) {
-        eprintln!("vaultfs: warning: group {group:?} does not exist on this host; mounts will grant its access to nobody");
+    if let Some(group) = group {
+        match group.parse::<u32>() {
+            Ok(gid) if vaultfs_fs::nss::group_name(gid).is_none() => eprintln!(
+                "vaultfs: warning: gid {gid} has no group entry here; granted to gid {gid} as a number"
+            ),
+            Ok(_) => {}
+            Err(_) if vaultfs_fs::nss::group_id(group).is_none() => eprintln!(
+                "vaultfs: warning: group {group:?} does not exist on this host; mounts will grant its access to nobody"
+            ),
+            Err(_) => {}
+        }
     }
 }
 

@@ -97,6 +97,13 @@ fn writers_killed_at_random_moments_never_leave_half_a_write() {
     let mut committed: HashMap<String, Vec<u8>> = HashMap::new();
     // Values whose writer was killed since the last acknowledged write: any may have committed.
     let mut pending: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    // Kill moments spread over twice what a whole write takes on this machine now (it varies
+    // with load), so some kills land before the commit and some after.
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        ts.write(&format!("app:/timing{i}"), b"t");
+    }
+    let unit = started.elapsed() * 2 / 5 / 256;
     let delays = random_bytes(300);
     for (n, delay) in delays.iter().enumerate() {
         let addr = format!("app:/victim{}", n % 7);
@@ -112,7 +119,7 @@ fn writers_killed_at_random_moments_never_leave_half_a_write() {
         let mut stdin = child.stdin.take().unwrap();
         std::io::Write::write_all(&mut stdin, &value).unwrap();
         drop(stdin);
-        std::thread::sleep(Duration::from_micros(u64::from(*delay) * 40));
+        std::thread::sleep(unit * u32::from(*delay));
         let _ = child.kill();
         let status = child.wait().unwrap();
         if status.success() {
@@ -172,7 +179,15 @@ fn small_disk(ts: &TestStore, size: &str) -> SmallDisk {
     let dir = ts.path("disk");
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        // mode=0700: a tmpfs is 1777 by default, and vaultfs refuses a store others can
+        // plant files next to.
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
         .arg(&dir)
         .output()
         .unwrap();

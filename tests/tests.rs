@@ -13,6 +13,14 @@ mod hygiene;
 mod import;
 // The store format: migration from round 1, the authenticated head, SQLite locks kept.
 mod store_format;
+// Import of many files: flat memory, all or nothing.
+mod import_stream;
+// Key files and store directories other users can touch.
+mod key_perms;
+// Numeric owners and groups: granted as numbers, with a warning when the host lacks them.
+mod numeric_ids;
+// Logging under floods and blocked sinks.
+mod logging;
 
 // The FUSE mount: attributes, permissions, rotation, signals, stale mounts, stalls.
 mod mount;

@@ -61,6 +61,7 @@ pub fn init(cli: &Cli, args: KdfArgs) -> Result<()> {
     if path.exists() {
         return Err(vaultfs_store::StoreError::AlreadyInitialized(path).into());
     }
+    credentials::check_store_dir(&path)?;
     let cred = match (&cli.key_file, &cli.passphrase_file) {
         (Some(k), _) => credentials::key_file(k)?,
         (None, Some(p)) => credentials::passphrase_file(p)?,

@@ -35,6 +35,9 @@ pub fn mount(
         mountpoint: absolute(mountpoint)?,
         open_timeout,
     };
+    if let Some(path) = log_file {
+        crate::logging::to_file(path)?;
+    }
     let store_path = credentials::store_path(cli);
     credentials::require_store(&store_path)?;
     // Ask for the passphrase while the terminal is still ours; fork before SQLite or any

@@ -33,61 +33,154 @@ pub fn write(cli: &Cli, address: &str, allow_empty: bool) -> Result<()> {
     Ok(())
 }
 
-/// Copies every file under `dir` into `address` (a vault or a directory of one).
+/// Copies every file under `dir` into `address` (a vault or a directory of one), in one
+/// transaction. Files are found and read one at a time as the store takes them, so memory
+/// stays flat whatever their number; any bad file aborts the import with nothing written.
 pub fn import(cli: &Cli, dir: &Path, address: &str) -> Result<()> {
     let base = Address::parse(address)?;
-    let mut found = Vec::new();
-    collect_files(dir, &base.path, &mut found)?;
-    if found.is_empty() {
+    let mut files = collect_files(dir, &base.path)?.peekable();
+    if files.peek().is_none() {
         crate::exit::usage!("{}: no files to import", dir.display());
     }
     let mut store = credentials::open_store(cli)?;
+    let mut progress = Progress::new();
+    let values = files.map(|found| -> Result<(VaultPath, vaultfs_store::SecretBytes)> {
+        let (at, path) = found?;
+        let file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+        let value = credentials::read_secret(file, MAX_SECRET_SIZE as u64)
+            .with_context(|| format!("{}", path.display()))?
+            .ok_or_else(|| {
+                anyhow::anyhow!("{}: larger than {MAX_SECRET_SIZE} bytes", path.display())
+            })?;
+        progress.tick();
+        Ok((at, value))
+    });
     let count = store
-        .write_many(
-            &base.vault,
-            found.iter().map(|(path, value)| (path, value.expose())),
-        )
-        .with_context(|| format!("importing {} (nothing was written)", dir.display()))?;
-    eprintln!("imported {count} secret(s) into {base}");
+        .write_many(&base.vault, values)
+        .with_context(|| format!("importing {} (nothing was written)", dir.display()));
+    progress.done();
+    eprintln!("imported {} secret(s) into {base}", count?);
     Ok(())
 }
 
-/// Walks `dir`, pairing each file's vault path under `at` with its content.
-fn collect_files(
-    dir: &Path,
-    at: &VaultPath,
-    out: &mut Vec<(VaultPath, vaultfs_store::SecretBytes)>,
-) -> Result<()> {
+/// A count of imported files on a terminal, redrawn at most ten times a second; nothing when
+/// stderr is not a terminal (logs and pipes get only the final line).
+struct Progress {
+    count: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let last =
+            std::io::IsTerminal::is_terminal(&std::io::stderr()).then(std::time::Instant::now);
+        Progress { count: 0, last }
+    }
+
+    fn tick(&mut self) {
+        self.count += 1;
+        if let Some(last) = &mut self.last {
+            if last.elapsed() >= std::time::Duration::from_millis(100) {
+                *last = std::time::Instant::now();
+                eprint!("\rimporting: {} file(s) read", self.count);
+            }
+        }
+    }
+
+    fn done(&self) {
+        if self.last.is_some() {
+            // Clear the progress line.
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// The files under `dir`, each with its vault path under `at`, found lazily in name order:
+/// only the names of the directories being walked are held, never the whole tree.
+fn collect_files(dir: &Path, at: &VaultPath) -> Result<Walk> {
+    Ok(Walk {
+        stack: vec![(at.clone(), sorted_entries(dir)?)],
+    })
+}
+
+/// A directory's entries, sorted by name so imports are deterministic.
+fn sorted_entries(dir: &Path) -> Result<std::vec::IntoIter<std::fs::DirEntry>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     let mut entries: Vec<_> = entries
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("cannot read {}", dir.display()))?;
     entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            crate::exit::usage!("{}: the name is not UTF-8", path.display());
-        };
-        if let Err(reason) = vaultfs_store::validate_name(&name) {
-            crate::exit::usage!("{}: cannot be a secret name: {reason}", path.display());
-        }
-        let meta = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?;
-        if meta.is_dir() {
-            collect_files(&path, &at.join(&name), out)?;
-        } else if meta.is_file() {
-            let file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
-            let value = credentials::read_secret(file, MAX_SECRET_SIZE as u64)
-                .with_context(|| format!("{}", path.display()))?
-                .ok_or_else(|| {
-                    anyhow::anyhow!("{}: larger than {MAX_SECRET_SIZE} bytes", path.display())
-                })?;
-            out.push((at.join(&name), value));
-        } else {
-            crate::exit::usage!("{}: not a regular file or directory", path.display());
+    Ok(entries.into_iter())
+}
+
+/// Depth-first walk behind [`collect_files`].
+struct Walk {
+    stack: Vec<(VaultPath, std::vec::IntoIter<std::fs::DirEntry>)>,
+}
+
+impl Walk {
+    /// The next file, or the reason the import must stop.
+    fn step(&mut self) -> Option<Result<(VaultPath, std::path::PathBuf)>> {
+        loop {
+            let (at, entries) = self.stack.last_mut()?;
+            let Some(entry) = entries.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                return Some(Err(crate::exit::UsageError(format!(
+                    "{}: the name is not UTF-8",
+                    path.display()
+                ))
+                .into()));
+            };
+            if let Err(reason) = vaultfs_store::validate_name(&name) {
+                return Some(Err(crate::exit::UsageError(format!(
+                    "{}: cannot be a secret name: {reason}",
+                    path.display()
+                ))
+                .into()));
+            }
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    return Some(Err(
+                        anyhow::Error::from(e).context(format!("{}", path.display()))
+                    ))
+                }
+            };
+            let vault_path = at.join(&name);
+            if meta.is_dir() {
+                match sorted_entries(&path) {
+                    Ok(entries) => self.stack.push((vault_path, entries)),
+                    Err(e) => return Some(Err(e)),
+                }
+            } else if meta.is_file() {
+                return Some(Ok((vault_path, path)));
+            } else {
+                return Some(Err(crate::exit::UsageError(format!(
+                    "{}: not a regular file or directory",
+                    path.display()
+                ))
+                .into()));
+            }
         }
     }
-    Ok(())
+}
+
+impl Iterator for Walk {
+    type Item = Result<(VaultPath, std::path::PathBuf)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.step();
+        if matches!(item, Some(Err(_))) {
+            // One error ends the walk.
+            self.stack.clear();
+        }
+        item
+    }
 }
 
 /// Writes the secret at `address` to stdout.

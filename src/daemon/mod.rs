@@ -49,6 +49,8 @@ pub fn serve_with_credentials(
     log_file: Option<&std::path::Path>,
 ) -> Result<()> {
     let signals = process::block_signals();
+    // From here on, logging never waits on its sink (this is after any fork).
+    crate::logging::start_writer();
     let daemonized = matches!(readiness, Readiness::Parent(_));
     let (mounted, socket) = match mount_all(store_path, cred, specs, credentials, allow_rollback) {
         Ok(m) => m,

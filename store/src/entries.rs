@@ -200,30 +200,43 @@ impl Store {
     }
 
     /// Stores many secrets in one transaction: all of them or, on any error, none. Each item
-    /// is `(path inside the vault, value)`; this is what `vaultfs import` uses, and it is
-    /// thousands of times faster than one transaction (one fsync) per secret.
-    pub fn write_many<'a>(
+    /// is `(path inside the vault, value)` or the caller's error, which aborts the transaction
+    /// and is returned as is. Items are consumed one at a time, so a caller that reads each
+    /// value only when asked (as `vaultfs import` does) holds one value in memory, not all of
+    /// them. One transaction (one fsync) is thousands of times faster than one per secret.
+    pub fn write_many<E: From<StoreError>>(
         &mut self,
         vault_name: &str,
-        items: impl IntoIterator<Item = (&'a VaultPath, &'a [u8])>,
-    ) -> Result<usize> {
-        let items: Vec<(Address, &[u8])> = items
-            .into_iter()
-            .map(|(path, value)| {
+        items: impl IntoIterator<Item = std::result::Result<(VaultPath, SecretBytes), E>>,
+    ) -> std::result::Result<usize, E> {
+        let mut failed: Option<E> = None;
+        let written = self.write_txn(|tx, generation, keys| {
+            let vault = keys.open_vault_by_name(tx, vault_name)?;
+            let mut count = 0;
+            for item in items {
+                let (path, value) = match item {
+                    Ok(item) => item,
+                    Err(e) => {
+                        failed = Some(e);
+                        // Rolls the transaction back; the caller's error replaces this one.
+                        return Err(StoreError::InvalidOperation("import aborted".into()));
+                    }
+                };
                 let addr = Address {
                     vault: vault_name.to_owned(),
-                    path: path.clone(),
+                    path,
                 };
-                check_size(&addr, value).map(|()| (addr, value))
-            })
-            .collect::<Result<_>>()?;
-        self.write_txn(|tx, generation, keys| {
-            let vault = keys.open_vault_by_name(tx, vault_name)?;
-            for (addr, value) in &items {
-                write_in(tx, keys, &vault, generation, addr, value)?;
+                check_size(&addr, value.expose())?;
+                write_in(tx, keys, &vault, generation, &addr, value.expose())?;
+                count += 1;
             }
-            Ok(items.len())
-        })
+            Ok(count)
+        });
+        match (written, failed) {
+            (_, Some(e)) => Err(e),
+            (Ok(count), None) => Ok(count),
+            (Err(e), None) => Err(e.into()),
+        }
     }
 
     /// Stores an entry of `kind` (a secret or a template) at `addr`.

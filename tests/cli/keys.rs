@@ -4,7 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
 use super::USAGE_OR_AUTH;
-use crate::common::{assert_fails, assert_success, code, run_command, vaultfs_bin, TestStore};
+use crate::common::{
+    assert_fails, assert_success, code, run_command, vaultfs_bin, write_private, TestStore,
+};
 
 #[test]
 fn keygen_writes_mode_0600_and_refuses_to_overwrite() {
@@ -49,7 +51,7 @@ fn init_with_a_passphrase_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store.db");
     let pass = dir.path().join("pass");
-    std::fs::write(&pass, "a passphrase\n").unwrap();
+    write_private(&pass, "a passphrase\n");
     let vaultfs = |args: &[&str], stdin: &[u8]| -> Output {
         let mut cmd = Command::new(vaultfs_bin());
         cmd.env_remove("VAULTFS_KEY_FILE")
@@ -113,7 +115,7 @@ fn wrong_key_or_passphrase_is_one_line_and_exit_2() {
     let other = ts.path("other.key");
     ts.ok(&["keygen", other.to_str().unwrap()]);
     let pass = ts.path("pass");
-    std::fs::write(&pass, "not the passphrase\n").unwrap();
+    write_private(&pass, "not the passphrase\n");
 
     let attempts: [(&str, Command); 2] = [
         ("another key file", {
@@ -136,7 +138,7 @@ fn wrong_key_or_passphrase_is_one_line_and_exit_2() {
 
     // A file too short to be a key is refused before any slot is tried.
     let short = ts.path("short.key");
-    std::fs::write(&short, "0123456789abcdef\n").unwrap();
+    write_private(&short, "0123456789abcdef\n");
     let out = run_command(
         ts.cmd().env("VAULTFS_KEY_FILE", &short).args(["ls", "v"]),
         b"",
@@ -151,7 +153,7 @@ fn key_slots_add_open_and_remove() {
     ts.vault("v", &[]);
     ts.write("v:/s", b"value");
     let pass = ts.path("pass");
-    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    write_private(&pass, "correct horse battery staple\n");
     let pass_arg = pass.to_str().unwrap();
     ts.ok(&[
         "key",
@@ -183,7 +185,7 @@ fn key_slots_add_open_and_remove() {
     assert_eq!(out.stdout, b"value");
     // The first line is the passphrase, with or without its line ending.
     let bare = ts.path("bare");
-    std::fs::write(&bare, "correct horse battery staple").unwrap();
+    write_private(&bare, "correct horse battery staple");
     let out = run_command(
         ts.cmd_without_key()
             .arg("--passphrase-file")

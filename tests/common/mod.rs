@@ -467,3 +467,10 @@ impl OnPty {
         (code, self.seen())
     }
 }
+
+/// Writes a credential file (key or passphrase) with mode 0600, as vaultfs requires.
+pub fn write_private(path: &Path, data: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
