@@ -55,6 +55,7 @@ fn round_of(shared: &Shared) -> Result<(), StoreError> {
     }
     let path = shared.reader.store_path();
     if file_identity(path) != shared.store_file {
+        shared.reader.detach_from_path();
         shared.store_replaced.store(true, Ordering::Relaxed);
         tracing::error!(
             "{}: {} was deleted or replaced; serving the state it had, without following \

@@ -60,6 +60,10 @@ pub struct VaultReader {
     /// The highest store head this reader has verified: an older one is a rollback.
     seen: AtomicI64,
     pool: Mutex<Vec<Connection>>,
+    /// Set when the path no longer names the file this reader opened: SQLite finds the -wal
+    /// and -shm files by path, so a connection opened now would mix the old store's files
+    /// with the new one's. Only the connections already open are used from then on.
+    detached: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for VaultReader {
@@ -82,6 +86,7 @@ impl Store {
             vault,
             seen: AtomicI64::new(self.head()),
             pool: Mutex::new(Vec::new()),
+            detached: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -97,10 +102,25 @@ impl VaultReader {
         &self.path
     }
 
+    /// Stops opening connections by path: the file at the path is not the one this reader
+    /// opened (it was deleted or replaced). The connections already open keep reading the
+    /// old file, so a mount can go on serving its last good state.
+    pub fn detach_from_path(&self) {
+        self.detached.store(true, Ordering::Release);
+    }
+
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let pooled = self.pool.lock().pop();
         let conn = match pooled {
             Some(c) => c,
+            None if self.detached.load(Ordering::Acquire) => {
+                return Err(StoreError::Io {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(
+                        "the store file was replaced; only a remount reads the new one",
+                    ),
+                })
+            }
             None => db::open(&self.path, READ_BUSY_TIMEOUT)?.0,
         };
         let out = f(&conn).map_err(|e| StoreError::from_sqlite_in(&self.path, e));
