@@ -398,3 +398,48 @@ fn a_shared_pool_of_opens_recovers_after_the_store_unlocks() {
         || std::fs::read(mnt.join("s")).is_ok_and(|v| v == b"v2"),
     );
 }
+
+#[test]
+fn a_truncated_store_fails_opens_with_eio_and_logs_once_per_entry_not_per_open() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    let names = secrets(&ts, 3);
+    // Into the main file, out of the WAL, so that cutting the file loses the values.
+    let checkpoint = Command::new("sqlite3")
+        .arg(&ts.store)
+        .arg("PRAGMA wal_checkpoint(TRUNCATE);")
+        .output()
+        .unwrap();
+    assert!(checkpoint.status.success(), "{checkpoint:?}");
+    let mnt = ts.path("mnt");
+    let log = ts.path("daemon.log");
+    let _m = mount_logged(&ts, "app", &mnt, &log);
+    // Cut the file under the mount (same inode, so not a replacement): the values' pages
+    // are gone.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ts.store)
+        .unwrap();
+    file.set_len(4096).unwrap();
+    drop(file);
+    let files: Vec<PathBuf> = (0..300).map(|i| mnt.join(&names[i % 3])).collect();
+    let (results, _) = concurrent_opens(files);
+    assert!(
+        results.iter().all(|r| r == &Err(libc::EIO)),
+        "every open of a value that is gone fails with EIO: {:?}",
+        results.iter().filter(|r| r.is_ok()).count()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .count();
+    assert!(
+        (1..=4).contains(&lines),
+        "300 failed opens made {lines} log lines:\n{text}"
+    );
+}
