@@ -2,52 +2,17 @@
 //! removed, `ls`, `stat` and lookups of known names answer from memory at once, opens fail
 //! with EIO at their deadline, and nothing is served that the store did not say.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{require_tool, TestStore};
-use crate::mounts::{can_mount, wait_until, within, MountGuard};
+use crate::mounts::{can_mount, wait_until, within, MountGuard, WalLock};
 
 /// The bound asserted for `ls`/`stat`: far above what they take (they never wait on the store;
 /// the worst seen is printed), far below the seconds a stuck store used to cost.
 const INSTANT: Duration = Duration::from_secs(1);
-
-/// Holds SQLite's WAL lock bytes of the store's -shm file, as a wedged writer or a hostile
-/// process of the store's owner could: even WAL readers wait on them.
-struct WalLock(std::fs::File);
-
-impl WalLock {
-    fn hold(store: &Path) -> WalLock {
-        let shm = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(format!("{}-shm", store.display()))
-            .unwrap();
-        let lock = WalLock(shm);
-        lock.set(libc::F_WRLCK);
-        lock
-    }
-
-    fn set(&self, kind: i32) {
-        // SAFETY: a zeroed flock is valid; fcntl gets a valid fd and pointer.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = kind as i16;
-        fl.l_whence = libc::SEEK_SET as i16;
-        fl.l_start = 120;
-        fl.l_len = 8;
-        let rc = unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_SETLK, &fl) };
-        assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for WalLock {
-    fn drop(&mut self) {
-        self.set(libc::F_UNLCK);
-    }
-}
 
 /// A value big enough (64 KiB) that reading it needs pages SQLite has not cached.
 fn value_of(name: &str) -> Vec<u8> {
