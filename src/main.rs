@@ -6,6 +6,7 @@
 //! `daemon/fork.rs`, which says why it is sound.
 #![deny(unsafe_code)]
 
+mod actions;
 mod cli;
 mod commands;
 mod config;

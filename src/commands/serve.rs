@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::actions::{check_units, UnitCheck};
 use crate::cli::Cli;
 use crate::config::parse_config;
 use crate::credentials;
@@ -17,11 +18,31 @@ pub fn serve(cli: &Cli, config_path: &Path, check: bool) -> Result<()> {
     let config =
         parse_config(&text, &config_path.display().to_string()).map_err(|e| UsageError(e.0))?;
     if check {
+        let actions: Vec<_> = config
+            .mounts
+            .iter()
+            .flat_map(|m| m.actions.iter().cloned())
+            .collect();
+        let mut missing = Vec::new();
+        for problem in check_units(&actions) {
+            match problem {
+                UnitCheck::Missing(msg) => missing.push(msg),
+                UnitCheck::Unknown(msg) => eprintln!("vaultfs: warning: {msg}"),
+            }
+        }
+        if let Some(first) = missing.first() {
+            let more = match missing.len() {
+                1 => String::new(),
+                n => format!(" (and {} more missing unit(s))", n - 1),
+            };
+            return Err(UsageError(format!("{}: {first}{more}", config_path.display())).into());
+        }
         let rules = config.credentials.as_ref().map_or(0, |c| c.rules.len());
         eprintln!(
-            "{}: ok ({} mount(s), {rules} credential rule(s))",
+            "{}: ok ({} mount(s), {} on-change action(s), {rules} credential rule(s))",
             config_path.display(),
-            config.mounts.len()
+            config.mounts.len(),
+            actions.len()
         );
         return Ok(());
     }
