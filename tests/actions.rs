@@ -208,3 +208,175 @@ fn serve_check_refuses_bad_actions_with_one_line() {
         "{line}"
     );
 }
+
+/// The shipped, hardened unit (its system-call filter and capabilities: no CAP_KILL), with
+/// the paths of the container.
+fn shipped_unit() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/vaultfs.service"),
+    )
+    .expect("contrib/systemd/vaultfs.service")
+    .replace("/usr/local/bin/vaultfs", "/opt/vaultfs/vaultfs")
+    .replace("/etc/vaultfs/", "/opt/vaultfs/")
+    .replace("[Service]\n", "[Service]\nEnvironment=VAULTFS_LOG=info\n")
+}
+
+#[test]
+fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
+    if !can_mount() || !crate::common::require_tool("systemd-nspawn") {
+        return;
+    }
+    let ts = TestStore::new();
+    let vault = random_name();
+    ts.vault(&vault, &[]);
+    ts.write(&format!("{vault}:/app/tok"), b"v0");
+    ts.write(&format!("{vault}:/flaky"), b"f0");
+
+    let stage = ts.path("stage");
+    std::fs::create_dir_all(&stage).unwrap();
+    std::fs::copy(crate::common::vaultfs_bin(), stage.join("vaultfs")).unwrap();
+    std::fs::copy(&ts.key, stage.join("key")).unwrap();
+    let store = "/var/lib/vaultfs-test/store.db";
+    std::fs::write(
+        stage.join("serve.toml"),
+        format!(
+            "store = \"{store}\"\n[[mount]]\nsource = \"{vault}\"\nmountpoint = \"/run/keys/app\"\n\
+             [[mount.on_change]]\npath = \"/app\"\nrestart_units = [\"app.service\"]\n\
+             [[mount.on_change]]\npath = \"/flaky\"\n\
+             exec = [\"/usr/bin/sh\", \"-c\", \"echo try >> /out/flaky.attempts; exit 1\"]\n"
+        ),
+    )
+    .unwrap();
+    // The same, with the unit name misspelled.
+    std::fs::write(
+        stage.join("typo.toml"),
+        format!(
+            "store = \"{store}\"\n[[mount]]\nsource = \"{vault}\"\nmountpoint = \"/run/keys/app\"\n\
+             restart_units = [\"apq.service\"]\n"
+        ),
+    )
+    .unwrap();
+    let write = |addr: &str, value: &str| {
+        format!(
+            "printf '{value}' | /opt/vaultfs/vaultfs --store {store} --key-file /opt/vaultfs/key write {vault}:{addr}\n"
+        )
+    };
+    let mut probe = String::from(
+        "set -x\nexec 2>/out/probe.log\n\
+         systemctl start app.service\n\
+         for i in $(seq 50); do [ -s /out/app.starts ] && break; sleep 0.1; done\n\
+         # Never at daemon start: restart the daemon under a running app.\n\
+         systemctl restart vaultfs.service\nsleep 3\n\
+         cp /out/app.starts /out/starts.after-daemon-restart\n",
+    );
+    for i in 1..=20 {
+        probe.push_str(&write("/app/tok", &format!("v{i}")));
+    }
+    probe.push_str("sleep 4\ncp /out/app.starts /out/starts.after-burst\n");
+    // The same bytes again: no restart. And the failing action, retried with backoff.
+    probe.push_str(&write("/app/tok", "v20"));
+    probe.push_str(&write("/flaky", "f1"));
+    probe.push_str(
+        "for i in $(seq 100); do [ -s /out/flaky.attempts ] && break; sleep 0.1; done\n\
+         sleep 4.5\ncp /out/flaky.attempts /out/attempts.at-4.5s\n\
+         cp /out/app.starts /out/starts.after-rewrite\n\
+         /opt/vaultfs/vaultfs serve --check --config /opt/vaultfs/typo.toml 2>/out/typo.err; echo $? >/out/typo.rc\n\
+         /opt/vaultfs/vaultfs serve --check --config /opt/vaultfs/serve.toml 2>/out/good.err; echo $? >/out/good.rc\n\
+         journalctl -b --no-pager >/out/journal.txt\n",
+    );
+    std::fs::write(stage.join("probe.sh"), probe).unwrap();
+
+    let units = ts.path("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let unit = |name: &str, text: &str| {
+        let path = units.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let server = unit("vaultfs.service", &shipped_unit());
+    // A small server that reads its secret at start and counts its starts.
+    let app = unit(
+        "app.service",
+        "[Unit]\nAfter=vaultfs.service\nWants=vaultfs.service\n[Service]\nExecStart=/usr/bin/sh -c 'cat /run/keys/app/app/tok >/run/app.tok && echo start >>/out/app.starts && exec sleep infinity'\n",
+    );
+    let probe = unit(
+        "probe.service",
+        "[Unit]\nAfter=vaultfs.service\nWants=vaultfs.service\n[Service]\nType=oneshot\nExecStart=/usr/bin/sh /opt/vaultfs/probe.sh\n",
+    );
+    let out = ts.path("out");
+    let mut cmd = std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/systemd-boot"),
+    );
+    cmd.args(["--run", "probe.service", "--out", out.to_str().unwrap()]);
+    for u in [&server, &app, &probe] {
+        cmd.args(["--unit", u.to_str().unwrap()]);
+    }
+    cmd.args([
+        "--ro",
+        &format!("{}:/opt/vaultfs", stage.display()),
+        "--bind",
+        &format!(
+            "{}:/var/lib/vaultfs-test",
+            ts.store.parent().unwrap().display()
+        ),
+        "--timeout",
+        "90",
+    ]);
+    let status = crate::mounts::within(Duration::from_secs(120), "systemd-boot", move || {
+        cmd.status()
+    })
+    .expect("run tests/support/systemd-boot");
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    let journal = read("journal.txt");
+    let context = || {
+        format!(
+            "status {status:?}\nprobe.log:\n{}\nboot.log:\n{}\njournal:\n{journal}",
+            read("probe.log"),
+            read("boot.log")
+        )
+    };
+    let starts = |name: &str| read(name).lines().count();
+    assert_eq!(starts("starts.after-daemon-restart"), 1, "{}", context());
+    assert_eq!(
+        starts("starts.after-burst"),
+        2,
+        "one restart for 20 writes\n{}",
+        context()
+    );
+    assert_eq!(
+        starts("starts.after-rewrite"),
+        2,
+        "the same bytes\n{}",
+        context()
+    );
+    assert_eq!(
+        journal.matches("Started app.service").count(),
+        2,
+        "{}",
+        context()
+    );
+    // Attempts at 0 s, 1 s and 3 s (then 7 s): three in the first 4.5 s, never a tight loop.
+    assert_eq!(starts("attempts.at-4.5s"), 3, "{}", context());
+    assert!(
+        journal.contains(
+            "run \"/usr/bin/sh\" failed: systemd-run exit status: 1; attempt 1, retrying in 1s"
+        ),
+        "{}",
+        context()
+    );
+    // A misspelled unit fails the check, naming it; the good config passes.
+    assert_eq!(read("typo.rc").trim(), "2", "{}", context());
+    let typo = read("typo.err");
+    assert!(
+        typo.contains("mount #1: unit apq.service does not exist"),
+        "{typo}\n{}",
+        context()
+    );
+    assert_eq!(
+        read("good.rc").trim(),
+        "0",
+        "{}\n{}",
+        read("good.err"),
+        context()
+    );
+}
