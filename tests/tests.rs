@@ -41,4 +41,5 @@ mod readme_tour;
 // Delivery to services: the credential socket (direct and under a real systemd), `watch`.
 mod actions;
 mod credsock;
+mod nixos_actions;
 mod watch;
