@@ -380,3 +380,25 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
         context()
     );
 }
+
+#[test]
+fn the_readme_example_passes_serve_check() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme.find("**On-change actions.**").expect("the section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let block = &section[start..];
+    let block = &block[..block.find("```").unwrap()];
+    let ts = TestStore::new();
+    let cfg = ts.path("readme.toml");
+    std::fs::write(&cfg, block).unwrap();
+    let out = ts.run(
+        &["serve", "--check", "--config", cfg.to_str().unwrap()],
+        b"",
+    );
+    assert!(out.status.success(), "{out:?}\n{block}");
+    assert!(
+        crate::common::contains(&out.stderr, b"ok (1 mount(s), 4 on-change action(s)"),
+        "{out:?}"
+    );
+}
