@@ -251,8 +251,8 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
     std::fs::write(
         stage.join("typo.toml"),
         format!(
-            "store = \"{store}\"\n[[mount]]\nsource = \"{vault}\"\nmountpoint = \"/run/keys/app\"\n\
-             restart_units = [\"apq.service\"]\n"
+            "store = \"{store}\"\n[[mount]]\nsource = \"{vault}\"\nmountpoint = \"/run/keys/typo\"\n\
+             quiet_period_ms = 200\nrestart_units = [\"apq.service\"]\n"
         ),
     )
     .unwrap();
@@ -276,12 +276,20 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
     // The same bytes again: no restart. And the failing action, retried with backoff.
     probe.push_str(&write("/app/tok", "v20"));
     probe.push_str(&write("/flaky", "f1"));
-    probe.push_str(
+    probe.push_str(&format!(
         "for i in $(seq 100); do [ -s /out/flaky.attempts ] && break; sleep 0.1; done\n\
          sleep 4.5\ncp /out/flaky.attempts /out/attempts.at-4.5s\n\
          cp /out/app.starts /out/starts.after-rewrite\n\
          /opt/vaultfs/vaultfs serve --check --config /opt/vaultfs/typo.toml 2>/out/typo.err; echo $? >/out/typo.rc\n\
          /opt/vaultfs/vaultfs serve --check --config /opt/vaultfs/serve.toml 2>/out/good.err; echo $? >/out/good.rc\n\
+         # Run anyway (no check): loud at start and at every attempt, never a silent no-op.\n\
+         VAULTFS_LOG=info /opt/vaultfs/vaultfs --store {store} --key-file /opt/vaultfs/key serve --config /opt/vaultfs/typo.toml 2>/out/typo-serve.log &\n\
+         typo=$!\n\
+         for i in $(seq 100); do mountpoint -q /run/keys/typo && break; sleep 0.1; done\n"
+    ));
+    probe.push_str(&write("/other", "o1"));
+    probe.push_str(
+        "sleep 2\nkill $typo; wait $typo\n\
          journalctl -b --no-pager >/out/journal.txt\n",
     );
     std::fs::write(stage.join("probe.sh"), probe).unwrap();
@@ -365,6 +373,16 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
         context()
     );
     // A misspelled unit fails the check, naming it; the good config passes.
+    let typo_serve = read("typo-serve.log");
+    assert!(
+        typo_serve.contains("mount #1: unit apq.service does not exist")
+            && typo_serve.contains("this action will fail until the unit exists"),
+        "{typo_serve}"
+    );
+    assert!(
+        typo_serve.contains("mount #1: restart apq.service failed: systemctl exit status: 5: Failed to try-restart apq.service: Unit apq.service not found.; attempt 1"),
+        "{typo_serve}"
+    );
     assert_eq!(read("typo.rc").trim(), "2", "{}", context());
     let typo = read("typo.err");
     assert!(
