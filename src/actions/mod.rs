@@ -157,27 +157,8 @@ fn run_loop(mut actions: Vec<Action>, rx: Receiver<Event>, tx: Sender<Event>) {
             handle(&mut actions, event, Instant::now());
         }
         let now = Instant::now();
-        for (i, a) in actions.iter_mut().enumerate() {
-            if a.running || !a.owed.due(now) {
-                continue;
-            }
-            if !a.really_changed() {
-                // A burst that ended with the bytes of the last run: nothing to do.
-                tracing::debug!(
-                    "{}: back to the bytes of the last run; nothing to do",
-                    a.spec.origin
-                );
-                a.pending.clear();
-                a.owed.succeeded();
-                continue;
-            }
-            a.running = true;
-            a.ran_with = a
-                .pending
-                .iter()
-                .map(|(p, (_, now))| (p.clone(), *now))
-                .collect();
-            let spec = a.spec.clone();
+        for i in take_due(&mut actions, now) {
+            let spec = actions[i].spec.clone();
             let done = tx.clone();
             let spawned = std::thread::Builder::new()
                 .name("vaultfs-action".into())
@@ -186,6 +167,7 @@ fn run_loop(mut actions: Vec<Action>, rx: Receiver<Event>, tx: Sender<Event>) {
                     let _ = done.send(Event::Done(i, result));
                 });
             if let Err(e) = spawned {
+                let a = &mut actions[i];
                 a.running = false;
                 let (n, delay) = a.owed.failed(now);
                 tracing::error!(
@@ -195,6 +177,35 @@ fn run_loop(mut actions: Vec<Action>, rx: Receiver<Event>, tx: Sender<Event>) {
             }
         }
     }
+}
+
+/// The actions to run now (marked running, with what they run for remembered); an owed action
+/// whose watched bytes are back to those of its last run is dropped.
+fn take_due(actions: &mut [Action], now: Instant) -> Vec<usize> {
+    let mut due = Vec::new();
+    for (i, a) in actions.iter_mut().enumerate() {
+        if a.running || !a.owed.due(now) {
+            continue;
+        }
+        if !a.really_changed() {
+            // A burst that ended with the bytes of the last run: nothing to do.
+            tracing::debug!(
+                "{}: back to the bytes of the last run; nothing to do",
+                a.spec.origin
+            );
+            a.pending.clear();
+            a.owed.succeeded();
+            continue;
+        }
+        a.running = true;
+        a.ran_with = a
+            .pending
+            .iter()
+            .map(|(p, (_, now))| (p.clone(), *now))
+            .collect();
+        due.push(i);
+    }
+    due
 }
 
 fn handle(actions: &mut [Action], event: Event, now: Instant) {
@@ -245,5 +256,106 @@ fn handle(actions: &mut [Action], event: Event, now: Instant) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ActionKind;
+
+    fn action(path: &str) -> Action {
+        Action {
+            mount: 0,
+            spec: ActionSpec {
+                path: VaultPath::parse(path, path).unwrap(),
+                kind: ActionKind::Exec {
+                    argv: vec!["/bin/true".into()],
+                },
+                origin: "t".into(),
+            },
+            owed: Coalescer::new(Duration::from_secs(1)),
+            pending: HashMap::new(),
+            running: false,
+            ran_with: HashMap::new(),
+        }
+    }
+
+    fn change(path: &str, previous: u8, now: u8) -> Event {
+        let h = |b: u8| (b != 0).then_some([b; 32]);
+        Event::Changed(
+            0,
+            vec![Change {
+                path: VaultPath::parse(path, path).unwrap(),
+                fingerprint: h(now),
+                previous: h(previous),
+            }],
+        )
+    }
+
+    #[test]
+    fn a_burst_is_one_run_after_the_quiet_window_and_only_for_watched_paths() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut actions = vec![action("/tls"), action("/other")];
+        for (i, ms) in (0..20).zip((0..).step_by(50)) {
+            handle(&mut actions, change("/tls/cert", i + 1, i + 2), at(ms));
+        }
+        assert!(
+            take_due(&mut actions, at(1900)).is_empty(),
+            "inside the window"
+        );
+        assert_eq!(take_due(&mut actions, at(2000)), vec![0]);
+        assert!(actions[0].running && actions[1].pending.is_empty());
+        assert!(
+            take_due(&mut actions, at(9000)).is_empty(),
+            "one run at a time"
+        );
+        handle(&mut actions, Event::Done(0, Ok(())), at(2100));
+        assert!(!actions[0].running && actions[0].pending.is_empty());
+        assert!(
+            take_due(&mut actions, at(99_000)).is_empty(),
+            "nothing owed"
+        );
+    }
+
+    #[test]
+    fn bytes_back_to_those_of_the_last_run_fire_nothing() {
+        let t0 = Instant::now();
+        let mut actions = vec![action("/")];
+        handle(&mut actions, change("/a", 1, 2), t0);
+        handle(&mut actions, change("/a", 2, 1), t0);
+        assert!(take_due(&mut actions, t0 + Duration::from_secs(2)).is_empty());
+        assert!(actions[0].pending.is_empty());
+        // Created then removed: nothing either.
+        handle(&mut actions, change("/b", 0, 3), t0);
+        handle(&mut actions, change("/b", 3, 0), t0);
+        assert!(take_due(&mut actions, t0 + Duration::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn a_change_during_a_run_is_owed_again_and_a_failure_backs_off() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut actions = vec![action("/")];
+        handle(&mut actions, change("/a", 1, 2), at(0));
+        assert_eq!(take_due(&mut actions, at(1000)), vec![0]);
+        handle(&mut actions, change("/a", 2, 3), at(1100));
+        handle(&mut actions, Event::Done(0, Ok(())), at(1200));
+        assert_eq!(actions[0].pending.len(), 1, "the change seen while it ran");
+        assert!(
+            take_due(&mut actions, at(2100)).is_empty(),
+            "a new quiet window"
+        );
+        assert_eq!(take_due(&mut actions, at(2200)), vec![0]);
+        handle(&mut actions, Event::Done(0, Err("boom".into())), at(2300));
+        assert!(
+            take_due(&mut actions, at(3200)).is_empty(),
+            "backing off 1 s"
+        );
+        assert_eq!(take_due(&mut actions, at(3300)), vec![0]);
+        handle(&mut actions, Event::Done(0, Err("boom".into())), at(3300));
+        assert!(take_due(&mut actions, at(5200)).is_empty(), "then 2 s");
+        assert_eq!(take_due(&mut actions, at(5300)), vec![0]);
     }
 }
