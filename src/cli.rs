@@ -299,7 +299,8 @@ Config keys (TOML):
     restart_units = [UNIT, ...]  systemctl --no-block try-restart UNIT...
     reload_units = [UNIT, ...]   systemctl --no-block try-reload-or-restart UNIT...
     signal = { unit = UNIT, signal = \"HUP\" }  systemctl kill --kill-whom=main
-    signal = { pidfile = PATH, signal = \"HUP\" }  the pid in PATH (the daemon signals it)
+    signal = { pidfile = PATH, signal = \"HUP\" }  the pid in PATH, signalled by the daemon
+                      (under the shipped unit, without CAP_KILL: root's processes only)
     exec = [\"/abs/cmd\", ARG, ...]  no shell; a transient unit (systemd-run --wait) under
                       systemd, else a child; a non-zero exit is a failure, retried
     user = NAME       the units above are NAME's user units (systemctl --user -M NAME@)

@@ -22,6 +22,12 @@ pub trait ChangeHook: Send + Sync + std::fmt::Debug {
     /// A keyed hash of the bytes a reader would read (the key is the caller's, so no digest
     /// that could confirm a guessed secret exists outside it).
     fn fingerprint(&self, bytes: &[u8]) -> [u8; 32];
+    /// Whether changes of the file at `path` (a vault path) matter: others are never read
+    /// or hashed, so a mount whose actions watch one file does not decrypt the whole vault.
+    fn watches(&self, path: &VaultPath) -> bool {
+        let _ = path;
+        true
+    }
     /// Files whose bytes changed in one applied batch. Called on the mount's refresher thread:
     /// it must return at once (queue the work).
     fn changed(&self, changes: Vec<Change>);
@@ -71,6 +77,9 @@ impl Tracker {
         let mut changes = Vec::new();
         let mut present = HashSet::with_capacity(files.len());
         for (id, content, kind, path) in files {
+            if !self.hook.watches(&path) {
+                continue;
+            }
             present.insert(id);
             if seen
                 .get(&id)

@@ -3,6 +3,7 @@
 //! silent no-op at the first rotation.
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::config::ActionSpec;
 
@@ -53,14 +54,36 @@ pub fn check_units(actions: &[ActionSpec]) -> Vec<UnitCheck> {
     out
 }
 
+/// How long systemd may take to answer about one unit (a stuck bus must not hang the check).
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `systemctl show -p LoadState --value UNIT`.
 fn load_state(unit: &str, user: Option<&str>) -> Result<String, String> {
     let mut cmd: Command = systemctl(user);
-    cmd.args(["show", "-p", "LoadState", "--value", "--", unit])
-        .stdin(Stdio::null());
-    let out = cmd
-        .output()
+    let mut child = cmd
+        .args(["show", "-p", "LoadState", "--value", "--", unit])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    let deadline = Instant::now() + ASK_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("systemctl did not answer within {ASK_TIMEOUT:?}"));
+            }
+            Err(e) => return Err(format!("cannot wait for systemctl: {e}")),
+        }
+    }
+    // It has exited: its (small) output is all in the pipes.
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot read systemctl's answer: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(err

@@ -40,6 +40,8 @@ enum Event {
 /// The hook one mount calls: hashes with the daemon's key and queues the changes.
 struct MountHook {
     mount: usize,
+    /// What this mount's actions watch: only these files are hashed.
+    paths: Vec<VaultPath>,
     fingerprinter: Arc<Fingerprinter>,
     events: parking_lot::Mutex<Sender<Event>>,
 }
@@ -55,6 +57,10 @@ impl std::fmt::Debug for MountHook {
 impl ChangeHook for MountHook {
     fn fingerprint(&self, bytes: &[u8]) -> [u8; 32] {
         self.fingerprinter.of([("", Some(bytes))])
+    }
+
+    fn watches(&self, path: &VaultPath) -> bool {
+        self.paths.iter().any(|p| path.starts_with(p))
     }
 
     fn changed(&self, changes: Vec<Change>) {
@@ -105,14 +111,6 @@ pub fn start(specs: &[MountSpec]) -> Result<Vec<Option<Arc<dyn ChangeHook>>>> {
     if actions.is_empty() {
         return Ok(specs.iter().map(|_| None).collect());
     }
-    // A missing unit is told at once, loudly, and again at every failed run.
-    for a in &actions {
-        for problem in check_units(std::slice::from_ref(&a.spec)) {
-            if let UnitCheck::Missing(msg) = problem {
-                tracing::error!("{msg}; this action will fail until the unit exists");
-            }
-        }
-    }
     let fingerprinter = Arc::new(Fingerprinter::new()?);
     let (tx, rx) = mpsc::channel();
     let hooks = specs
@@ -122,6 +120,7 @@ pub fn start(specs: &[MountSpec]) -> Result<Vec<Option<Arc<dyn ChangeHook>>>> {
             (!m.actions.is_empty()).then(|| {
                 Arc::new(MountHook {
                     mount: i,
+                    paths: m.actions.iter().map(|a| a.path.clone()).collect(),
                     fingerprinter: fingerprinter.clone(),
                     events: parking_lot::Mutex::new(tx.clone()),
                 }) as Arc<dyn ChangeHook>
@@ -136,6 +135,14 @@ pub fn start(specs: &[MountSpec]) -> Result<Vec<Option<Arc<dyn ChangeHook>>>> {
 }
 
 fn run_loop(mut actions: Vec<Action>, rx: Receiver<Event>, tx: Sender<Event>) {
+    // A missing unit is told at once, loudly, and again at every failed run. Asked here, not
+    // before mounting: a slow bus never delays the mounts.
+    let specs: Vec<ActionSpec> = actions.iter().map(|a| a.spec.clone()).collect();
+    for problem in check_units(&specs) {
+        if let UnitCheck::Missing(msg) = problem {
+            tracing::error!("{msg}; this action will fail until the unit exists");
+        }
+    }
     loop {
         let busy = actions.iter().any(|a| a.running || !a.pending.is_empty());
         let event = if busy {
