@@ -57,6 +57,19 @@ pub fn describe(kind: &ActionKind) -> String {
 
 /// Runs the action once; the error is one line for the log.
 pub fn perform(kind: &ActionKind) -> Result<(), String> {
+    if let ActionKind::SignalPidfile { pidfile, signal } = kind {
+        return signal_pidfile(pidfile, signal);
+    }
+    match command(kind, systemd_runs()) {
+        // systemctl's own messages name units, never values: its stderr may be logged.
+        Some((cmd, limit, is_systemctl)) => status(cmd, limit, is_systemctl),
+        None => Err("nothing to run".to_owned()),
+    }
+}
+
+/// The command that performs `kind` (`None` for a pidfile signal, sent directly), how long it
+/// may take, and whether it is systemctl.
+fn command(kind: &ActionKind, systemd: bool) -> Option<(Command, Duration, bool)> {
     match kind {
         ActionKind::Units {
             units,
@@ -72,7 +85,7 @@ pub fn perform(kind: &ActionKind) -> Result<(), String> {
                 })
                 .arg("--")
                 .args(units);
-            status(cmd, SYSTEMCTL_TIMEOUT, true)
+            Some((cmd, SYSTEMCTL_TIMEOUT, true))
         }
         ActionKind::SignalUnit { unit, signal, user } => {
             let mut cmd = systemctl(user.as_deref());
@@ -81,31 +94,32 @@ pub fn perform(kind: &ActionKind) -> Result<(), String> {
                 .arg(format!("--signal=SIG{signal}"))
                 .arg("--")
                 .arg(unit);
-            status(cmd, SYSTEMCTL_TIMEOUT, true)
+            Some((cmd, SYSTEMCTL_TIMEOUT, true))
         }
-        ActionKind::SignalPidfile { pidfile, signal } => signal_pidfile(pidfile, signal),
+        ActionKind::SignalPidfile { .. } => None,
+        // A transient unit runs outside the daemon's hardening; `--wait` reports the
+        // command's exit status, so a failure is retried like any other.
+        ActionKind::Exec { argv } if systemd => {
+            let mut cmd = Command::new("systemd-run");
+            cmd.args([
+                "--quiet",
+                "--collect",
+                "--wait",
+                "--service-type=exec",
+                "--description=vaultfs on-change action",
+            ])
+            .arg(format!(
+                "--property=RuntimeMaxSec={}",
+                EXEC_TIMEOUT.as_secs()
+            ))
+            .arg("--")
+            .args(argv);
+            Some((cmd, EXEC_TIMEOUT + Duration::from_secs(30), false))
+        }
         ActionKind::Exec { argv } => {
-            if systemd_runs() {
-                let mut cmd = Command::new("systemd-run");
-                cmd.args([
-                    "--quiet",
-                    "--collect",
-                    "--wait",
-                    "--service-type=exec",
-                    "--description=vaultfs on-change action",
-                ])
-                .arg(format!(
-                    "--property=RuntimeMaxSec={}",
-                    EXEC_TIMEOUT.as_secs()
-                ))
-                .arg("--")
-                .args(argv);
-                status(cmd, EXEC_TIMEOUT + Duration::from_secs(30), false)
-            } else {
-                let mut cmd = Command::new(&argv[0]);
-                cmd.args(&argv[1..]);
-                status(cmd, EXEC_TIMEOUT, false)
-            }
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]);
+            Some((cmd, EXEC_TIMEOUT, false))
         }
     }
 }
@@ -189,4 +203,132 @@ pub fn status(mut cmd: Command, limit: Duration, show_stderr: bool) -> Result<()
         .map(|l| format!(": {}", l.trim()))
         .unwrap_or_default();
     Err(format!("{program} {status}{last}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(kind: &ActionKind, systemd: bool) -> Vec<String> {
+        let (cmd, _, _) = command(kind, systemd).unwrap();
+        std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn actions_become_these_commands() {
+        let units = ActionKind::Units {
+            units: vec!["a.service".into(), "b.service".into()],
+            reload: false,
+            user: None,
+        };
+        assert_eq!(
+            argv(&units, true),
+            [
+                "systemctl",
+                "--no-block",
+                "try-restart",
+                "--",
+                "a.service",
+                "b.service"
+            ]
+        );
+        let reload = ActionKind::Units {
+            units: vec!["a.service".into()],
+            reload: true,
+            user: Some("alice".into()),
+        };
+        assert_eq!(
+            argv(&reload, true),
+            [
+                "systemctl",
+                "--user",
+                "-M",
+                "alice@",
+                "--no-block",
+                "try-reload-or-restart",
+                "--",
+                "a.service"
+            ]
+        );
+        let signal = ActionKind::SignalUnit {
+            unit: "a.service".into(),
+            signal: "HUP".into(),
+            user: None,
+        };
+        assert_eq!(
+            argv(&signal, true),
+            [
+                "systemctl",
+                "kill",
+                "--kill-whom=main",
+                "--signal=SIGHUP",
+                "--",
+                "a.service"
+            ]
+        );
+        let exec = ActionKind::Exec {
+            argv: vec!["/bin/echo".into(), "--x".into()],
+        };
+        let under_systemd = argv(&exec, true);
+        assert_eq!(under_systemd[0], "systemd-run");
+        assert!(under_systemd.contains(&"--wait".to_owned()));
+        assert_eq!(
+            under_systemd[under_systemd.len() - 3..],
+            ["--", "/bin/echo", "--x"]
+        );
+        assert_eq!(argv(&exec, false), ["/bin/echo", "--x"]);
+        let pidfile = ActionKind::SignalPidfile {
+            pidfile: "/run/x.pid".into(),
+            signal: "HUP".into(),
+        };
+        assert!(command(&pidfile, true).is_none());
+    }
+
+    #[test]
+    fn a_pidfile_signal_reaches_its_process_and_a_bad_pidfile_is_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfile = dir.path().join("x.pid");
+        std::fs::write(&pidfile, format!("{}\n", child.id())).unwrap();
+        let kind = ActionKind::SignalPidfile {
+            pidfile: pidfile.clone(),
+            signal: "TERM".into(),
+        };
+        perform(&kind).unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        std::fs::write(&pidfile, "nope").unwrap();
+        let err = perform(&kind).unwrap_err();
+        assert!(err.contains("does not hold a pid"), "{err}");
+        std::fs::remove_file(&pidfile).unwrap();
+        let err = perform(&kind).unwrap_err();
+        assert!(err.contains("cannot read pid file"), "{err}");
+    }
+
+    #[test]
+    fn a_direct_exec_reports_its_exit_status_and_never_its_output() {
+        let fail = ActionKind::Exec {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo s3cret >&2; exit 4".into(),
+            ],
+        };
+        let (cmd, _, show) = command(&fail, false).unwrap();
+        let err = status(cmd, Duration::from_secs(10), show).unwrap_err();
+        assert!(err.contains("exit status: 4"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let slow = ActionKind::Exec {
+            argv: vec!["/bin/sleep".into(), "30".into()],
+        };
+        let (cmd, _, show) = command(&slow, false).unwrap();
+        let t = std::time::Instant::now();
+        let err = status(cmd, Duration::from_millis(300), show).unwrap_err();
+        assert!(err.contains("did not finish"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
 }
