@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
     name = "vaultfs",
     version,
     about,
-    after_help = "Examples:\n  vaultfs keygen /etc/vaultfs/key\n  vaultfs init\n  vaultfs vault create nix --owner root --mode 0400\n  printf 'extra-access-tokens = github.com=%s\\n' \"$PAT\" | vaultfs write nix:/nix-tokens\n  vaultfs mount nix:/nix-tokens /run/keys/nix-tokens"
+    after_help = "Examples:\n  vaultfs keygen /etc/vaultfs/key\n  vaultfs init\n  vaultfs vault create nix --owner root --mode 0400\n  printf 'extra-access-tokens = github.com=%s\\n' \"$PAT\" | vaultfs write nix:/nix-tokens\n  vaultfs mount nix:/nix-tokens /run/keys/nix-tokens\n\nEnvironment:\n  VAULTFS_STORE, VAULTFS_KEY_FILE   the store and its key file (as --store, --key-file)\n  VAULTFS_LOG                       the log filter [default: warn,fuser=error,vaultfs::ready=info],\n                                    e.g. VAULTFS_LOG=info or VAULTFS_LOG=debug\n  VAULTFS_STATE_DIR                 where the highest store head seen is remembered"
 )]
 pub struct Cli {
     /// The store file [default: /var/lib/vaultfs/store.db for root, else $XDG_DATA_HOME/vaultfs/store.db]
@@ -565,5 +565,22 @@ pub enum AclCommand {
         /// Octal mode
         #[arg(long)]
         mode: Option<String>,
+    },
+    /// Remove an entry's override so it inherits again (all three, or those named)
+    #[command(
+        after_help = "Examples:\n  vaultfs acl unset ssh:/id_ed25519            # owner, group and mode inherited again\n  vaultfs acl unset ssh:/id_ed25519 --mode     # only the mode"
+    )]
+    Unset {
+        /// VAULT:/PATH (a vault's own defaults can only be changed)
+        address: String,
+        /// The owner override only
+        #[arg(long)]
+        owner: bool,
+        /// The group override only
+        #[arg(long)]
+        group: bool,
+        /// The mode override only
+        #[arg(long)]
+        mode: bool,
     },
 }

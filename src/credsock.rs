@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use vaultfs_store::{Address, SecretBytes, VaultReader, ROOT_PARENT};
+use vaultfs_store::{Address, Entry, EntryKind, SecretBytes, VaultPath, VaultReader, ROOT_PARENT};
 
 use crate::config::{CredentialRule, CredentialSocketSpec};
 
@@ -91,32 +91,65 @@ pub fn find_rule<'a>(rules: &'a [CredentialRule], req: &Request) -> Option<&'a C
         .find(|r| r.uid == req.uid && r.unit == req.unit && r.id == req.id)
 }
 
-/// The value of the secret at `addr`, looked up in one consistent snapshot of the vault.
-/// `Ok(None)` when there is no secret there (missing, or a directory).
+/// The bytes a reader of `addr` gets (a template rendered from its inputs), looked up in one
+/// consistent snapshot of the vault. `Ok(None)` when there is nothing to read there (missing, a
+/// directory, or a template input that is missing).
 pub fn read_secret(reader: &VaultReader, addr: &Address) -> Result<Option<SecretBytes>> {
     // A rewrite between the snapshot and the read makes read_value answer None: look again.
     for _ in 0..5 {
         let snap = reader.snapshot()?;
-        let mut parent = ROOT_PARENT;
-        let mut found = None;
-        for name in addr.path.components() {
-            found = snap
-                .entries
-                .iter()
-                .find(|e| e.parent == parent && &e.name == name);
-            match found {
-                Some(e) => parent = e.id,
-                None => return Ok(None),
-            }
-        }
-        let Some(entry) = found.filter(|e| !e.is_dir()) else {
+        let Some(entry) = find(&snap.entries, &addr.path).filter(|e| !e.is_dir()) else {
             return Ok(None);
         };
-        if let Some(value) = reader.read_value(entry.id, entry.version)? {
-            return Ok(Some(value));
+        if entry.kind != EntryKind::Template {
+            if let Some(value) = reader.read_value(entry.id, entry.version)? {
+                return Ok(Some(value));
+            }
+            continue;
         }
+        let Some(template) = reader.template(entry.id, entry.version, &addr.to_string())? else {
+            continue;
+        };
+        let mut inputs = Vec::new();
+        let mut moved = false;
+        for input in template.inputs() {
+            let found = find(&snap.entries, &input.path)
+                .filter(|e| e.kind == EntryKind::File && input.vault == addr.vault);
+            let value = match found {
+                Some(e) => reader.read_value(e.id, e.version)?,
+                None => return Ok(None),
+            };
+            moved |= value.is_none();
+            inputs.push((input.clone(), value));
+        }
+        if moved {
+            continue;
+        }
+        let rendered = template.render(|a| {
+            inputs
+                .iter()
+                .find(|(i, _)| i == a)
+                .and_then(|(_, v)| v.clone())
+        });
+        return rendered
+            .map(Some)
+            .with_context(|| format!("template {addr}"));
     }
     anyhow::bail!("{addr}: changes too fast to be read")
+}
+
+/// The entry at `path` among a vault's `entries`.
+fn find<'a>(entries: &'a [Entry], path: &VaultPath) -> Option<&'a Entry> {
+    let mut parent = ROOT_PARENT;
+    let mut found = None;
+    for name in path.components() {
+        let e = entries
+            .iter()
+            .find(|e| e.parent == parent && &e.name == name)?;
+        parent = e.id;
+        found = Some(e);
+    }
+    found
 }
 
 /// The listening socket; removes its file when dropped.

@@ -46,7 +46,7 @@ const EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// The filter when `VAULTFS_LOG` is unset or invalid. fuser's own records are kept to errors:
 /// at debug it names every file looked up.
-const DEFAULT_FILTER: &str = "warn,fuser=error";
+const DEFAULT_FILTER: &str = "warn,fuser=error,vaultfs::ready=info";
 
 /// Where lines go: stderr, or the file of `mount --log-file`.
 enum Sink {

@@ -306,6 +306,38 @@ fn acl_field(show: &str, label: &str) -> (String, String) {
 }
 
 #[test]
+fn acl_unset_removes_overrides_so_the_entry_inherits_again() {
+    let ts = TestStore::new();
+    ts.vault(
+        "v",
+        &["--owner", "root", "--group", "root", "--mode", "0400"],
+    );
+    ts.write("v:/s", b"x");
+    ts.ok(&[
+        "acl", "set", "v:/s", "--owner", "daemon", "--group", "nogroup", "--mode", "0440",
+    ]);
+    ts.ok(&["acl", "unset", "v:/s", "--mode"]);
+    let show = ts.ok_text(&["acl", "show", "v:/s"]);
+    assert_eq!(
+        acl_field(&show, "mode"),
+        ("0400".into(), "vault v default".into())
+    );
+    assert_eq!(
+        acl_field(&show, "owner"),
+        ("daemon".into(), "set here".into())
+    );
+    ts.ok(&["acl", "unset", "v:/s"]);
+    let show = ts.ok_text(&["acl", "show", "v:/s"]);
+    for l in ["owner", "group", "mode"] {
+        assert_eq!(acl_field(&show, l).1, "vault v default", "{show}");
+    }
+    assert_eq!(ts.cat("v:/s"), b"x", "the value is untouched");
+    let err = ts.fails_any(&["acl", "unset", "v"]);
+    assert!(err.contains("cannot be removed"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
 fn acl_show_says_where_each_value_comes_from() {
     let ts = TestStore::new();
     ts.vault(

@@ -503,3 +503,36 @@ fn systemd_unit_gets_its_credential_and_a_denied_unit_fails() {
         "the value in the journal"
     );
 }
+
+#[test]
+fn a_template_is_sent_rendered_from_the_current_values() {
+    let ts = TestStore::new();
+    let vault = random_name();
+    ts.vault(&vault, &[]);
+    ts.write(&format!("{vault}:/gh"), b"ghp_one\n");
+    let text = format!("machine github.com password {{{{ {vault}:/gh | trim }}}}\n");
+    let set = ts.run(
+        &["template", "set", &format!("{vault}:/netrc")],
+        text.as_bytes(),
+    );
+    assert!(set.status.success(), "{set:?}");
+    let server = serve(
+        &ts,
+        &[(0, "consumer.service", "netrc", &format!("{vault}:/netrc"))],
+    );
+    assert_eq!(
+        ask(&server.socket, "consumer.service", "netrc").unwrap(),
+        b"machine github.com password ghp_one\n"
+    );
+    ts.write(&format!("{vault}:/gh"), b"ghp_two\n");
+    assert_eq!(
+        ask(&server.socket, "consumer.service", "netrc").unwrap(),
+        b"machine github.com password ghp_two\n"
+    );
+    // An input removed: refused, never a half-rendered credential.
+    ts.ok(&["rm", &format!("{vault}:/gh")]);
+    assert_refused(
+        ask(&server.socket, "consumer.service", "netrc"),
+        "a broken template",
+    );
+}

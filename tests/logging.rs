@@ -209,7 +209,7 @@ fn the_log_file_gets_every_line_and_no_warning_for_a_normal_unmount() {
     let umount = ts.run(&["umount", mnt.to_str().unwrap()], b"");
     assert!(umount.status.success());
     drop(guard);
-    wait_until(Duration::from_secs(10), "the daemon to exit", || {
+    wait_until(Duration::from_secs(30), "the daemon to exit", || {
         !Path::new(&format!("/proc/{}", daemon[0])).exists()
     });
     let text = std::fs::read_to_string(&log).unwrap();

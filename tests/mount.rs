@@ -419,22 +419,7 @@ fn a_locked_store_gives_eio_in_bounded_time_then_recovers() {
     assert_eq!(std::fs::read(mnt.join("s")).unwrap(), b"v1");
     // A process stuck holding every WAL lock byte of the -shm file blocks even WAL readers:
     // the worst a wedged writer or a hostile same-uid process can do to the store.
-    let shm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("{}-shm", ts.store.display()))
-        .unwrap();
-    let lock = |kind: i32| {
-        // SAFETY: a zeroed flock is valid; fcntl gets a valid fd and pointer.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = kind as i16;
-        fl.l_whence = libc::SEEK_SET as i16;
-        fl.l_start = 120;
-        fl.l_len = 8;
-        let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&shm), libc::F_SETLK, &fl) };
-        assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
-    };
-    lock(libc::F_WRLCK);
+    let lock = crate::mounts::WalLock::hold(&ts.store);
     let file = mnt.join("s");
     let result = within(
         Duration::from_secs(15),
@@ -447,8 +432,7 @@ fn a_locked_store_gives_eio_in_bounded_time_then_recovers() {
     within(Duration::from_secs(2), "ls on a locked store", move || {
         std::fs::read_dir(dir).unwrap().count()
     });
-    lock(libc::F_UNLCK);
-    drop(shm);
+    drop(lock);
     assert_eq!(std::fs::read(mnt.join("s")).unwrap(), b"v1");
 }
 

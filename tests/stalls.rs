@@ -2,52 +2,17 @@
 //! removed, `ls`, `stat` and lookups of known names answer from memory at once, opens fail
 //! with EIO at their deadline, and nothing is served that the store did not say.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{require_tool, TestStore};
-use crate::mounts::{can_mount, wait_until, within, MountGuard};
+use crate::mounts::{can_mount, wait_until, within, MountGuard, WalLock};
 
 /// The bound asserted for `ls`/`stat`: far above what they take (they never wait on the store;
 /// the worst seen is printed), far below the seconds a stuck store used to cost.
 const INSTANT: Duration = Duration::from_secs(1);
-
-/// Holds SQLite's WAL lock bytes of the store's -shm file, as a wedged writer or a hostile
-/// process of the store's owner could: even WAL readers wait on them.
-struct WalLock(std::fs::File);
-
-impl WalLock {
-    fn hold(store: &Path) -> WalLock {
-        let shm = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(format!("{}-shm", store.display()))
-            .unwrap();
-        let lock = WalLock(shm);
-        lock.set(libc::F_WRLCK);
-        lock
-    }
-
-    fn set(&self, kind: i32) {
-        // SAFETY: a zeroed flock is valid; fcntl gets a valid fd and pointer.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = kind as i16;
-        fl.l_whence = libc::SEEK_SET as i16;
-        fl.l_start = 120;
-        fl.l_len = 8;
-        let rc = unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_SETLK, &fl) };
-        assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for WalLock {
-    fn drop(&mut self) {
-        self.set(libc::F_UNLCK);
-    }
-}
 
 /// A value big enough (64 KiB) that reading it needs pages SQLite has not cached.
 fn value_of(name: &str) -> Vec<u8> {
@@ -396,5 +361,50 @@ fn a_shared_pool_of_opens_recovers_after_the_store_unlocks() {
         Duration::from_secs(10),
         "the new value after the lock",
         || std::fs::read(mnt.join("s")).is_ok_and(|v| v == b"v2"),
+    );
+}
+
+#[test]
+fn a_truncated_store_fails_opens_with_eio_and_logs_once_per_entry_not_per_open() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    let names = secrets(&ts, 3);
+    // Into the main file, out of the WAL, so that cutting the file loses the values.
+    let checkpoint = Command::new("sqlite3")
+        .arg(&ts.store)
+        .arg("PRAGMA wal_checkpoint(TRUNCATE);")
+        .output()
+        .unwrap();
+    assert!(checkpoint.status.success(), "{checkpoint:?}");
+    let mnt = ts.path("mnt");
+    let log = ts.path("daemon.log");
+    let _m = mount_logged(&ts, "app", &mnt, &log);
+    // Cut the file under the mount (same inode, so not a replacement): the values' pages
+    // are gone.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ts.store)
+        .unwrap();
+    file.set_len(4096).unwrap();
+    drop(file);
+    let files: Vec<PathBuf> = (0..300).map(|i| mnt.join(&names[i % 3])).collect();
+    let (results, _) = concurrent_opens(files);
+    assert!(
+        results.iter().all(|r| r == &Err(libc::EIO)),
+        "every open of a value that is gone fails with EIO: {:?}",
+        results.iter().filter(|r| r.is_ok()).count()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .count();
+    assert!(
+        (1..=4).contains(&lines),
+        "300 failed opens made {lines} log lines:\n{text}"
     );
 }

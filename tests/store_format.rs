@@ -244,19 +244,6 @@ fn a_mount_cannot_be_frozen_or_fed_a_forged_head() {
     assert_eq!(got, Err(Some(libc::EIO)));
 }
 
-/// Holds (or releases) a write lock on SQLite's WAL lock bytes of `shm` (offsets 120..128: the
-/// write, checkpoint, recovery and read-mark locks), as a stuck or hostile process would.
-fn wal_lock(shm: &std::fs::File, kind: i32) {
-    // SAFETY: a zeroed flock is valid; fcntl gets a valid fd and pointer.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = 120;
-    fl.l_len = 8;
-    let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(shm), libc::F_SETLK, &fl) };
-    assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
-}
-
 /// Whether process `pid` holds a POSIX lock on the file with inode `ino` (/proc/locks).
 fn holds_lock(pid: u32, ino: u64) -> bool {
     let locks = std::fs::read_to_string("/proc/locks").unwrap();
@@ -295,12 +282,7 @@ fn a_failed_connection_open_keeps_the_daemons_sqlite_locks() {
     // With the WAL lock bytes held, concurrent opens empty the daemon's connection pool, so it
     // opens new connections, which fail. The old code then opened and closed store.db itself,
     // which dropped every POSIX lock the daemon held on it.
-    let shm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("{}-shm", ts.store.display()))
-        .unwrap();
-    wal_lock(&shm, libc::F_WRLCK);
+    let lock = crate::mounts::WalLock::hold(&ts.store);
     let readers: Vec<_> = (0..6)
         .map(|_| {
             let f = file.clone();
@@ -321,8 +303,7 @@ fn a_failed_connection_open_keeps_the_daemons_sqlite_locks() {
         results.contains(&Err(Some(libc::EIO))),
         "no read failed while the WAL locks were held: {results:?}"
     );
-    wal_lock(&shm, libc::F_UNLCK);
-    drop(shm);
+    drop(lock);
     assert!(
         holds_lock(pid, ino),
         "the daemon lost its lock on the store"

@@ -358,6 +358,22 @@ impl Shared {
         }
     }
 
+    /// How the kernel may cache an open of `ino` (entry `id`). A version inode's bytes never
+    /// change, so the kernel may always keep its pages. The root of a single-secret mount is
+    /// one inode for every version, and the page cache is per inode: a page filled through a
+    /// new handle would be served to an old one without asking. So every read there comes to
+    /// the daemon, which checks the handle's version. After a rotation, wait (bounded) for the
+    /// notifier to drop the cached size, so fstat on the new handle tells the new size.
+    fn cache_flags(&self, ino: INodeNo, id: i64) -> FopenFlags {
+        if ino != INodeNo::ROOT {
+            return FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        if !self.invalidator.settle(id, SETTLE_WAIT) {
+            tracing::debug!("{}: the old size may still be cached", self.describe());
+        }
+        FopenFlags::FOPEN_DIRECT_IO
+    }
+
     /// Opens a template: renders it on a store worker from exactly what its inode stands for.
     fn open_template(
         &self,
@@ -400,13 +416,8 @@ impl Shared {
             }
             Err(_) => return Err(Errno::EIO),
         };
-        // A template's inode stands for one rendering, so its pages may be kept (the root of
-        // a single-template mount reads around them, like a single secret's).
-        let cache = if ino == INodeNo::ROOT {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::FOPEN_KEEP_CACHE
-        };
+        // A template's inode stands for one rendering, like a secret's version's.
+        let cache = self.cache_flags(ino, id);
         let fh = self.handles.insert(OpenFile {
             ino,
             id,
@@ -526,20 +537,7 @@ impl Shared {
                 return Err(Errno::EIO);
             }
         };
-        // A version inode's bytes never change, so the kernel may always keep its pages.
-        // The root of a single-secret mount is one inode for every version, and the page
-        // cache is per inode: a page filled through a new handle would be served to an old
-        // one without asking. So every read there comes to the daemon, which checks the
-        // handle's version. After a rotation, wait (bounded) for the notifier to drop the
-        // cached size, so fstat on the new handle tells the new size.
-        let cache = if ino == INodeNo::ROOT {
-            if !shared.invalidator.settle(id, SETTLE_WAIT) {
-                tracing::debug!("{}: the old size may still be cached", shared.describe());
-            }
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::FOPEN_KEEP_CACHE
-        };
+        let cache = shared.cache_flags(ino, id);
         let fh = shared.handles.insert(OpenFile {
             ino,
             id,

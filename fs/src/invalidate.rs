@@ -1,11 +1,13 @@
 //! Kernel cache invalidation, sent from one dedicated thread.
 //!
 //! A notification is a synchronous write to /dev/fuse during which the kernel takes inode and
-//! dentry locks; sent from inside a request handler it can deadlock the mount (see
-//! FUSER-NOTES.md). So handlers and the refresher only queue invalidations here.
+//! dentry locks; sent from inside a request handler it can deadlock the mount (seen with fuser
+//! 0.18: the handler thread stuck in D state in `fuse_reverse_inval_entry`). So handlers and the
+//! refresher only queue invalidations here.
 //!
-//! Until the kernel has dropped an inode's cached pages and attributes, opens of that inode use
-//! direct I/O, so no open after a change can see the old value or size.
+//! A secret's versions are separate inodes, so invalidations are about names (a cached name
+//! must stop leading to an outdated version) and attributes; the root of a single-secret mount,
+//! one inode for every version, also waits for its cached size to be dropped before an open.
 
 use std::collections::HashMap;
 use std::ffi::OsString;

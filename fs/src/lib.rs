@@ -1,9 +1,10 @@
 //! The FUSE driver that serves a vaultfs vault, a directory of it, or one secret as files.
 //!
 //! The driver keeps the vault's tree (names, attributes, ACLs, never values) in memory and
-//! follows the store's change counter; every open is checked against the current ACL with the
-//! caller's uid and groups, and values are decrypted per read and wiped at once. See
-//! `DESIGN.md` for the cache rules that keep rotated values from ever being served stale.
+//! follows the store's authenticated head; every open is checked against the current ACL with
+//! the caller's uid and groups, every version of a secret is its own inode, and a handle holds
+//! its version's ciphertext and decrypts only the chunks a read returns. ARCHITECTURE.md at the
+//! repository's root describes the read path and the threads.
 #![deny(missing_docs)]
 // Every syscall goes through nix's safe wrappers.
 #![deny(unsafe_code)]

@@ -74,6 +74,10 @@ pub fn unmount(path: &Path) -> Result<Unmounted, UnmountError> {
 
 /// Unmounts the mount `id`, which must be the topmost mount on `name` in the directory
 /// `parent`; `shown` names it in errors (and, without root, is what fusermount3 gets).
+/// How often, and how far apart, a busy unmount is tried again before it detaches lazily.
+const BUSY_RETRIES: usize = 10;
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub(crate) fn unmount_at(
     parent: &OwnedFd,
     name: &OsStr,
@@ -113,7 +117,17 @@ pub(crate) fn unmount_at(
     // names the mount just checked.
     let mut target = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd()));
     target.push(name);
-    match umount2(&target, MntFlags::UMOUNT_NOFOLLOW) {
+    // A file closed a moment ago can keep the mount busy for a few milliseconds (a reader
+    // that just exited, a listing that just ended): try a little before detaching lazily.
+    let mut attempt = umount2(&target, MntFlags::UMOUNT_NOFOLLOW);
+    for _ in 0..BUSY_RETRIES {
+        if attempt != Err(Errno::EBUSY) {
+            break;
+        }
+        std::thread::sleep(BUSY_PAUSE);
+        attempt = umount2(&target, MntFlags::UMOUNT_NOFOLLOW);
+    }
+    match attempt {
         Ok(()) => Ok(Unmounted::Clean),
         Err(Errno::EBUSY) => {
             tracing::debug!("unmount {}: busy; detaching lazily", shown.display());

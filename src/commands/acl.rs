@@ -73,6 +73,22 @@ pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
                 }
             );
         }
+        AclCommand::Unset {
+            address,
+            owner,
+            group,
+            mode,
+        } => {
+            let addr = Address::parse(address)?;
+            let all = !(*owner || *group || *mode);
+            let which = vaultfs_store::AclFields {
+                owner: *owner || all,
+                group: *group || all,
+                mode: *mode || all,
+            };
+            let mut store = credentials::open_store(cli)?;
+            store.unset_acl(&addr, which)?;
+        }
         AclCommand::Set {
             address,
             owner,

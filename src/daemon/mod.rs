@@ -65,14 +65,14 @@ pub fn serve_with_credentials(
     process::spawn_signal_thread(signals, unmounters, stop_tx);
     let socket_path = socket.as_ref().map(|s| s.path().to_owned());
     if let Some(socket) = socket {
-        tracing::info!("serving credentials at {}", socket.path().display());
+        tracing::info!(target: "vaultfs::ready", "serving credentials at {}", socket.path().display());
         std::thread::Builder::new()
             .name("vaultfs-credsock".into())
             .spawn(move || socket.run())
             .context("cannot start the credential socket thread")?;
     }
     for m in &mounted {
-        tracing::info!("serving {} at {}", m.describe(), m.mountpoint().display());
+        tracing::info!(target: "vaultfs::ready", "serving {} at {}", m.describe(), m.mountpoint().display());
     }
     if daemonized {
         quiet_stderr(log_file)?;

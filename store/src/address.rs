@@ -87,7 +87,8 @@ impl std::fmt::Display for VaultPath {
     }
 }
 
-/// Checks one name (a path component or a vault name) against the rules in DESIGN.md.
+/// Checks one name (a path component or a vault name): not empty, not `.` or `..`, no `/` or
+/// NUL, at most [`MAX_NAME_LEN`] bytes.
 pub fn validate_name(name: &str) -> std::result::Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty path component");

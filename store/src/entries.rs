@@ -11,6 +11,17 @@ use crate::rows::{self, Entry, RowContent, MAX_SECRET_SIZE, ROOT_PARENT};
 use crate::secret::SecretBytes;
 use crate::store::{Keys, OpenVault, Store};
 
+/// Which ACL overrides to remove (`vaultfs acl unset`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclFields {
+    /// The owner override.
+    pub owner: bool,
+    /// The group override.
+    pub group: bool,
+    /// The mode override.
+    pub mode: bool,
+}
+
 /// An entry with its path and effective ACL, as `ls -l` and `acl show` present it.
 #[derive(Clone, Debug)]
 pub struct Listing {
@@ -473,12 +484,43 @@ impl Store {
             self.set_vault_acl(&addr.vault, change)?;
             return Ok(());
         }
+        self.change_entry_acl(addr, |acl| acl.merge(change))
+    }
+
+    /// Removes the overrides of `addr` named by `which` (owner, group, mode), so the entry
+    /// inherits them again. A vault's own defaults cannot be removed, only changed.
+    pub fn unset_acl(&mut self, addr: &Address, which: AclFields) -> Result<()> {
+        if addr.path.is_root() {
+            return Err(StoreError::InvalidOperation(format!(
+                "{addr}: a vault's defaults cannot be removed, only changed (vaultfs acl set)"
+            )));
+        }
+        self.change_entry_acl(addr, |acl| {
+            if which.owner {
+                acl.owner = None;
+            }
+            if which.group {
+                acl.group = None;
+            }
+            if which.mode {
+                acl.mode = None;
+            }
+        })
+    }
+
+    fn change_entry_acl(
+        &mut self,
+        addr: &Address,
+        change: impl FnOnce(&mut AclOverride),
+    ) -> Result<()> {
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
             let chain = resolve_chain(tx, keys, &vault, addr)?;
-            let entry = chain.last().expect("not the root");
+            let entry = chain.last().ok_or_else(|| {
+                StoreError::InvalidOperation(format!("{addr}: names the vault's root"))
+            })?;
             let mut acl = entry.acl.clone();
-            acl.merge(change);
+            change(&mut acl);
             let value = match entry.kind {
                 EntryKind::File | EntryKind::Template => Some(
                     rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?

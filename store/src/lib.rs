@@ -64,7 +64,7 @@ pub use acl::{
     MODE_MASK,
 };
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
-pub use entries::Listing;
+pub use entries::{AclFields, Listing};
 pub use error::{Result, StoreError};
 pub use head::default_state_dir;
 pub use keyslot::{Credential, KdfParams, SlotInfo, MIN_KEY_FILE_LEN};

@@ -167,3 +167,40 @@ pub fn cat_as(user: &str, path: &Path) -> Result<Vec<u8>, String> {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// Holds a write lock on SQLite's WAL lock bytes of a store's -shm file (offsets 120..128: the
+/// write, checkpoint, recovery and read-mark locks), as a wedged writer or a hostile process of
+/// the store's owner could: even WAL readers wait on them. Released on drop.
+pub struct WalLock(std::fs::File);
+
+impl WalLock {
+    /// Takes the lock on `store`'s -shm file.
+    pub fn hold(store: &Path) -> WalLock {
+        let shm = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("{}-shm", store.display()))
+            .unwrap();
+        let lock = WalLock(shm);
+        lock.set(libc::F_WRLCK);
+        lock
+    }
+
+    fn set(&self, kind: i32) {
+        // SAFETY: a zeroed flock is valid; fcntl gets a valid fd and pointer.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = 120;
+        fl.l_len = 8;
+        let rc =
+            unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&self.0), libc::F_SETLK, &fl) };
+        assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for WalLock {
+    fn drop(&mut self) {
+        self.set(libc::F_UNLCK);
+    }
+}
