@@ -1,8 +1,7 @@
 //! The NixOS module's on-change actions, templates and credential socket (issue 14), evaluated
 //! with the real nixpkgs `lib` (`lib.evalModules`) through `nixos/tests/real-lib.nix`. The lib
-//! is found at `$NIXPKGS_LIB`, as `<nixpkgs/lib>` on NIX_PATH, or unpacked from
-//! `nixpkgs-lib.tar.gz` (`$NIXPKGS_LIB_TARBALL`, or `shared/` next to a parent of the
-//! repository); under CI=true it must be found.
+//! is found at `$NIXPKGS_LIB`, as `<nixpkgs/lib>` on NIX_PATH, or unpacked from the vendored
+//! `tests/fixtures/nixpkgs-lib/nixpkgs-lib.tar.gz`; under CI=true it must be found.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,26 +32,27 @@ fn nixpkgs_lib() -> Option<PathBuf> {
         if let Some(p) = found.filter(|p| p.join("default.nix").exists()) {
             return Some(p);
         }
-        let tarball = std::env::var_os("NIXPKGS_LIB_TARBALL")
-            .map(PathBuf::from)
-            .or_else(|| {
-                repo()
-                    .ancestors()
-                    .map(|a| a.join("shared/nixpkgs-lib.tar.gz"))
-                    .find(|p| p.exists())
-            })?;
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("nixpkgs-lib-{}", random_name()));
-        std::fs::create_dir_all(&dir).ok()?;
-        let ok = Command::new("tar")
-            .arg("xzf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        let lib = dir.join("lib");
-        (ok && lib.join("default.nix").exists()).then_some(lib)
+        let tarball = repo().join("tests/fixtures/nixpkgs-lib/nixpkgs-lib.tar.gz");
+        // Unpacked once under target/ (into a fresh dir, then renamed into place, so two runs
+        // at once never see half a tree).
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let unpacked = tmp.join("nixpkgs-lib");
+        if !unpacked.join("lib/default.nix").exists() {
+            let dir = tmp.join(format!("nixpkgs-lib-{}", random_name()));
+            std::fs::create_dir_all(&dir).ok()?;
+            let ok = Command::new("tar")
+                .arg("xzf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok || std::fs::rename(&dir, &unpacked).is_err() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        let lib = unpacked.join("lib");
+        lib.join("default.nix").exists().then_some(lib)
     })
     .clone()
 }
