@@ -420,3 +420,35 @@ fn the_readme_example_passes_serve_check() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_single_secret_mount_fires_for_its_secret() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    let vault = random_name();
+    ts.vault(&vault, &[]);
+    ts.write(&format!("{vault}:/tok"), b"one");
+    ts.write(&format!("{vault}:/other"), b"x");
+    let runs = ts.path("runs");
+    let mnt = ts.path("tok");
+    let config = format!(
+        "[[mount]]\nsource = \"{vault}:/tok\"\nmountpoint = \"{}\"\nquiet_period_ms = 200\n{}",
+        mnt.display(),
+        append("tok", &runs, 0),
+    );
+    let server = Server::start(&ts, &config, &mnt);
+    ts.write(&format!("{vault}:/other"), b"y");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        lines(&runs).is_empty(),
+        "another secret: {:?}",
+        lines(&runs)
+    );
+    ts.write(&format!("{vault}:/tok"), b"two");
+    wait_until(Duration::from_secs(10), "the action", || {
+        lines(&runs).len() == 1
+    });
+    assert_eq!(std::fs::read(&mnt).unwrap(), b"two", "{}", server.log());
+}
