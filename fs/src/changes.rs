@@ -10,6 +10,7 @@
 //! plaintext and no unkeyed digest is kept between scans.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -59,6 +60,8 @@ struct Seen {
 pub(crate) struct Tracker {
     hook: Arc<dyn ChangeHook>,
     seen: Mutex<HashMap<i64, Seen>>,
+    /// A batch was applied since the last scan.
+    due: AtomicBool,
 }
 
 impl Tracker {
@@ -66,6 +69,20 @@ impl Tracker {
         Tracker {
             hook,
             seen: Mutex::new(HashMap::new()),
+            due: AtomicBool::new(false),
+        }
+    }
+
+    /// A batch was applied: the next [`scan_if_due`](Self::scan_if_due) looks.
+    pub(crate) fn mark_due(&self) {
+        self.due.store(true, Ordering::Release);
+    }
+
+    /// Scans when a batch was applied since the last scan. Called by the refresher after it
+    /// finished its round, so opens waiting for that round never wait for the hashing.
+    pub(crate) fn scan_if_due(&self, shared: &Shared) {
+        if self.due.swap(false, Ordering::AcqRel) {
+            self.scan(shared, false);
         }
     }
 

@@ -251,9 +251,17 @@ impl Shared {
         self.report_damaged(changes.damaged);
         self.render_templates();
         if let Some(c) = &self.changes {
-            c.scan(self, false);
+            c.mark_due();
         }
         Ok(())
+    }
+
+    /// For the refresher thread, after it finished a round (so no open waits on this):
+    /// reports the files whose bytes the last applied batch changed, if anyone asked.
+    pub(crate) fn report_changes(&self) {
+        if let Some(c) = &self.changes {
+            c.scan_if_due(self);
+        }
     }
 
     /// Renders every template whose row or inputs changed, to learn its size and give its
