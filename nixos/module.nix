@@ -320,7 +320,10 @@ in
         description = ''
           An AF_UNIX socket for systemd's `LoadCredential=ID:SOCKET`: a unit gets a secret
           without seeing any mount (DynamicUser=, private namespaces). Only what `rules` grant
-          is answered; a refused unit fails to start.
+          is answered; a refused unit fails to start. Units that ask should start after the
+          daemon: list them in `services.vaultfs.requiredBy`. The value is read at unit start:
+          pair a rule with `reloadUnits`/`restartUnits` on the secret's mount to follow
+          rotations.
         '';
       };
       rules = mkOption {
