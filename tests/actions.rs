@@ -242,6 +242,7 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
         format!(
             "store = \"{store}\"\n[[mount]]\nsource = \"{vault}\"\nmountpoint = \"/run/keys/app\"\n\
              [[mount.on_change]]\npath = \"/app\"\nrestart_units = [\"app.service\"]\n\
+             signal = {{ unit = \"hup.service\", signal = \"HUP\" }}\n\
              [[mount.on_change]]\npath = \"/flaky\"\n\
              exec = [\"/usr/bin/sh\", \"-c\", \"echo try >> /out/flaky.attempts; exit 1\"]\n"
         ),
@@ -263,7 +264,7 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
     };
     let mut probe = String::from(
         "set -x\nexec 2>/out/probe.log\n\
-         systemctl start app.service\n\
+         systemctl start app.service hup.service\n\
          for i in $(seq 50); do [ -s /out/app.starts ] && break; sleep 0.1; done\n\
          # Never at daemon start: restart the daemon under a running app.\n\
          systemctl restart vaultfs.service\nsleep 3\n\
@@ -272,7 +273,9 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
     for i in 1..=20 {
         probe.push_str(&write("/app/tok", &format!("v{i}")));
     }
-    probe.push_str("sleep 4\ncp /out/app.starts /out/starts.after-burst\n");
+    probe.push_str(
+        "sleep 4\ncp /out/app.starts /out/starts.after-burst\ncp /run/hup/count /out/hups.after-burst\n",
+    );
     // The same bytes again: no restart. And the failing action, retried with backoff.
     probe.push_str(&write("/app/tok", "v20"));
     probe.push_str(&write("/flaky", "f1"));
@@ -280,6 +283,7 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
         "for i in $(seq 100); do [ -s /out/flaky.attempts ] && break; sleep 0.1; done\n\
          sleep 4.5\ncp /out/flaky.attempts /out/attempts.at-4.5s\n\
          cp /out/app.starts /out/starts.after-rewrite\n\
+         cp /run/hup/count /out/hups.after-rewrite\n\
          /opt/vaultfs/vaultfs serve --check --config /opt/vaultfs/typo.toml 2>/out/typo.err; echo $? >/out/typo.rc\n\
          /opt/vaultfs/vaultfs serve --check --config /opt/vaultfs/serve.toml 2>/out/good.err; echo $? >/out/good.rc\n\
          # Run anyway (no check): loud at start and at every attempt, never a silent no-op.\n\
@@ -307,6 +311,11 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
         "app.service",
         "[Unit]\nAfter=vaultfs.service\nWants=vaultfs.service\n[Service]\nExecStart=/usr/bin/sh -c 'cat /run/keys/app/app/tok >/run/app.tok && echo start >>/out/app.starts && exec sleep infinity'\n",
     );
+    // Another user's process: the daemon has no CAP_KILL, so only systemd can signal it.
+    let hup = unit(
+        "hup.service",
+        "[Service]\nUser=nobody\nRuntimeDirectory=hup\nExecStart=/usr/bin/sh -c ': >/run/hup/count; trap \"echo hup >>/run/hup/count\" HUP; while :; do sleep 0.2; done'\n",
+    );
     let probe = unit(
         "probe.service",
         "[Unit]\nAfter=vaultfs.service\nWants=vaultfs.service\n[Service]\nType=oneshot\nExecStart=/usr/bin/sh /opt/vaultfs/probe.sh\n",
@@ -316,7 +325,7 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/systemd-boot"),
     );
     cmd.args(["--run", "probe.service", "--out", out.to_str().unwrap()]);
-    for u in [&server, &app, &probe] {
+    for u in [&server, &app, &hup, &probe] {
         cmd.args(["--unit", u.to_str().unwrap()]);
     }
     cmd.args([
@@ -357,6 +366,8 @@ fn systemd_restarts_a_unit_once_per_burst_and_backs_off_a_failing_action() {
         "the same bytes\n{}",
         context()
     );
+    assert_eq!(starts("hups.after-burst"), 1, "one SIGHUP\n{}", context());
+    assert_eq!(starts("hups.after-rewrite"), 1, "{}", context());
     assert_eq!(
         journal.matches("Started app.service").count(),
         2,
