@@ -10,7 +10,8 @@
 #
 # See README.md next to this file. The module uses only a handful of `lib` functions (mkOption,
 # mkEnableOption, mkIf, literalExpression, mapAttrsToList and a few types) so that
-# tests/nixos.rs can evaluate it without nixpkgs, against the stand-ins in tests/stub.nix.
+# tests/nixos.rs can evaluate it without nixpkgs, against the stand-ins in tests/stub.nix;
+# tests/nixos_actions.rs evaluates it with the real nixpkgs lib (tests/real-lib.nix).
 { config, lib, pkgs, ... }:
 
 let
