@@ -207,8 +207,10 @@ let
   };
 
   # Build-time check: a config the daemon would refuse fails `nixos-rebuild`, not the boot.
+  # --offline: the units of on-change actions are those of the target system, checked by the
+  # assertions below, not those of the machine that builds.
   configCheck = pkgs.runCommand "vaultfs-serve-config-check" { } ''
-    ${cfg.package}/bin/vaultfs serve --check --config ${configFile}
+    ${cfg.package}/bin/vaultfs serve --check --offline --config ${configFile}
     touch $out
   '';
 

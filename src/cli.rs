@@ -250,6 +250,9 @@ pub enum Command {
         /// Only validate the config (no store, no mount)
         #[arg(long)]
         check: bool,
+        /// With --check: do not ask systemd whether the units of on-change actions exist (a config built for another host)
+        #[arg(long, requires = "check")]
+        offline: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
@@ -345,6 +348,7 @@ Example on-change actions:
 
 Examples:
   vaultfs serve --check --config /etc/vaultfs/serve.toml
+  vaultfs serve --check --offline --config ./serve.toml    # unit names not asked of systemd
   vaultfs --key-file /etc/vaultfs/key serve --config /etc/vaultfs/serve.toml";
 
 /// Where the store is and how to unlock it: only on the commands that open the store. The

@@ -194,6 +194,43 @@ fn a_failing_action_is_retried_with_backoff_and_logged() {
 }
 
 #[test]
+fn serve_check_asks_systemd_only_where_it_runs_and_never_offline() {
+    let ts = TestStore::new();
+    let cfg = ts.path("units.toml");
+    let unit = format!("vaultfs-test-{}.service", random_name());
+    std::fs::write(
+        &cfg,
+        format!("[[mount]]\nsource = \"web\"\nmountpoint = \"/run/keys/web\"\nreload_units = [\"{unit}\"]\n"),
+    )
+    .unwrap();
+    let path = cfg.to_str().unwrap();
+    let out = ts.run(&["serve", "--check", "--offline", "--config", path], b"");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.len() < 200 && !crate::common::contains(&out.stderr, b"warning"),
+        "{out:?}"
+    );
+    if Path::new("/run/systemd/system").exists() {
+        let line = ts.fails(&["serve", "--check", "--config", path], 2);
+        assert!(
+            line.contains(&format!("unit {unit} does not exist")),
+            "{line}"
+        );
+    } else {
+        let out = ts.run(&["serve", "--check", "--config", path], b"");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            crate::common::contains(&out.stderr, b"warning: systemd is not running here: unit names of on-change actions are not checked"),
+            "{out:?}"
+        );
+    }
+    // --offline belongs to --check.
+    let out = ts.run(&["serve", "--offline", "--config", path], b"");
+    assert_eq!(crate::common::code(&out), 2, "{out:?}");
+    assert!(crate::common::contains(&out.stderr, b"--check"), "{out:?}");
+}
+
+#[test]
 fn serve_check_refuses_bad_actions_with_one_line() {
     let ts = TestStore::new();
     let cfg = ts.path("bad.toml");
@@ -422,7 +459,13 @@ fn the_readme_example_passes_serve_check() {
     let cfg = ts.path("readme.toml");
     std::fs::write(&cfg, block).unwrap();
     let out = ts.run(
-        &["serve", "--check", "--config", cfg.to_str().unwrap()],
+        &[
+            "serve",
+            "--check",
+            "--offline",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
         b"",
     );
     assert!(out.status.success(), "{out:?}\n{block}");

@@ -139,7 +139,13 @@ fn module_turns_actions_templates_and_credentials_into_a_config_serve_accepts() 
     let cfg = ts.path("serve.toml");
     std::fs::write(&cfg, text).unwrap();
     let out = ts.run(
-        &["serve", "--check", "--config", cfg.to_str().unwrap()],
+        &[
+            "serve",
+            "--check",
+            "--offline",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
         b"",
     );
     assert!(out.status.success(), "{out:?}\n{text}");
