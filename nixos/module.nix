@@ -10,7 +10,8 @@
 #
 # See README.md next to this file. The module uses only a handful of `lib` functions (mkOption,
 # mkEnableOption, mkIf, literalExpression, mapAttrsToList and a few types) so that
-# tests/nixos.rs can evaluate it without nixpkgs, against the stand-ins in tests/stub.nix.
+# tests/nixos.rs can evaluate it without nixpkgs, against the stand-ins in tests/stub.nix;
+# tests/nixos_actions.rs evaluates it with the real nixpkgs lib (tests/real-lib.nix).
 { config, lib, pkgs, ... }:
 
 let
@@ -37,13 +38,179 @@ let
         source = ${toml m.source}
         mountpoint = ${toml m.mountPoint}
         read_only = ${if m.readOnly then "true" else "false"}
-      '') cfg.mounts
+      '' + unitActions m + builtins.concatStringsSep "" (map (t: ''
+        # services.vaultfs.templates.${t.name}
+        [[mount.on_change]]
+        path = ${toml (vaultPath t.path)}
+      '' + unitActions t) (templatesOf name))) cfg.mounts
     )
+    + credentialsToml
   );
 
+  # --- On-change actions, templates and the credential socket (issue 14) ---
+
+  # "VAULT" or "VAULT:/PATH" -> { vault; path; } (path "/" for a whole vault).
+  splitAddress = a:
+    let m = builtins.match "([^:]+)(:(/.*))?" a;
+    in if m == null then { vault = a; path = "/"; } else {
+      vault = builtins.elemAt m 0;
+      path = let p = builtins.elemAt m 2; in if p == null then "/" else p;
+    };
+  vaultPath = a: (splitAddress a).path;
+  # Whether address `a` is at or under mount source `source`.
+  covers = source: a:
+    let s = splitAddress source; t = splitAddress a;
+    in s.vault == t.vault && (s.path == "/" || t.path == s.path
+      || builtins.substring 0 (builtins.stringLength s.path + 1) t.path == s.path + "/");
+  # The templates with actions, each given to the first mount (by name) that serves it, so a
+  # change is acted on once.
+  templatesWithUnits = builtins.filter (t: t.restartUnits != [ ] || t.reloadUnits != [ ])
+    (lib.mapAttrsToList (name: t: t // { inherit name; }) cfg.templates);
+  mountOf = t: let names = builtins.filter (n: covers cfg.mounts.${n}.source t.path)
+    (builtins.attrNames cfg.mounts); in if names == [ ] then null else builtins.head names;
+  templatesOf = name: builtins.filter (t: mountOf t == name) templatesWithUnits;
+  unitActions = x:
+    (if x.restartUnits != [ ] then "restart_units = ${toml x.restartUnits}\n" else "")
+    + (if x.reloadUnits != [ ] then "reload_units = ${toml x.reloadUnits}\n" else "");
+
+  # A unit name exists when the system defines it: `X.service` in systemd.services (a template
+  # instance `X@I.service` through `X@`), any other unit in systemd.units. A typo must fail the
+  # evaluation, not be a silent no-op at the first rotation.
+  services = config.systemd.services or { };
+  units = config.systemd.units or { };
+  unitExists = u:
+    let m = builtins.match "(.*)\\.service" u;
+        inst = builtins.match "([^@]*@).*\\.service" u;
+    in if m != null then services ? ${builtins.head m}
+         || (inst != null && services ? ${builtins.head inst}) || units ? ${u}
+       else units ? ${u};
+  unitAssertions = where: x: map (u: {
+    assertion = unitExists u;
+    message = "${where}: ${u} is not a unit of this system (neither systemd.services nor systemd.units defines it); a typo?";
+  }) (x.restartUnits ++ x.reloadUnits);
+
+  credentialsToml = if cfg.credentials.socket == null then "" else ''
+
+    # services.vaultfs.credentials
+    [credentials]
+    socket = ${toml cfg.credentials.socket}
+  '' + builtins.concatStringsSep "" (map (r: ''
+    [[credentials.rule]]
+    unit = ${toml r.unit}
+    id = ${toml r.id}
+    source = ${toml r.source}
+    uid = ${toString r.uid}
+  '') cfg.credentials.rules);
+
+  # Templates hold no secret (only placeholders), so their text may sit in the Nix store; the
+  # daemon's ExecStartPre writes them into the store (`-`: a template naming a secret that is
+  # not there yet is logged and skipped, and the mounts still start).
+  vaultfsCli = "${cfg.package}/bin/vaultfs --key-file %d/vaultfs-key --store ${cfg.storePath}";
+  templateCommands = lib.mapAttrsToList (name: t:
+    [ "-${vaultfsCli} template set ${t.path} --format ${t.format} --from ${pkgs.writeText "vaultfs-template-${name}" t.content}" ]
+    ++ (if t.owner != null || t.group != null || t.mode != null then [
+      ("-${vaultfsCli} acl set ${t.path}"
+        + (if t.owner != null then " --owner ${t.owner}" else "")
+        + (if t.group != null then " --group ${t.group}" else "")
+        + (if t.mode != null then " --mode ${t.mode}" else ""))
+    ] else [ ])) cfg.templates;
+  safeAddress = a: builtins.match "[A-Za-z0-9._-]+:/[A-Za-z0-9._@+/-]+" a != null;
+  safeName = n: builtins.match "[A-Za-z0-9._-]+" n != null;
+
+  unitsOptions = what: {
+    restartUnits = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "nginx.service" ];
+      description = ''
+        Units restarted (`systemctl try-restart`, so a stopped unit stays stopped) when the
+        bytes of ${what} change: once per burst of writes (after a 1 s quiet window), never
+        at boot or for a rewrite with the same bytes, retried with backoff on failure. Each
+        must be a unit of this system: a typo fails the evaluation.
+      '';
+    };
+    reloadUnits = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "nginx.service" ];
+      description = ''
+        Like restartUnits, with `systemctl try-reload-or-restart` (reload when the unit can).
+      '';
+    };
+  };
+
+  templateOptions = { name, ... }: {
+    options = {
+      path = mkOption {
+        type = types.str;
+        example = "ci:/netrc";
+        description = ''
+          Where the template lives: `VAULT:/PATH`. It is served by the mount whose source
+          contains it, like a secret.
+        '';
+      };
+      content = mkOption {
+        type = types.str;
+        example = "machine github.com login x password {{ ci:/github-token | trim }}\n";
+        description = ''
+          The template text: placeholders `{{ VAULT:/PATH }}` name secrets of the same vault
+          (filters `| trim`, `| json`, `| raw`). It holds no secret, so it may sit in the Nix
+          store.
+        '';
+      };
+      format = mkOption {
+        type = types.enum [ "text" "ini" "json" ];
+        default = "text";
+        description = "What it renders into (decides which characters a value may hold).";
+      };
+      owner = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "The rendered file's owner (default: inherited from the vault).";
+      };
+      group = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "The rendered file's group (default: inherited).";
+      };
+      mode = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "0440";
+        description = "The rendered file's octal mode (default: inherited).";
+      };
+    } // unitsOptions "the rendered file";
+  };
+
+  credentialRuleOptions = {
+    options = {
+      unit = mkOption {
+        type = types.str;
+        example = "app.service";
+        description = "The full name of the unit that may ask (LoadCredential=ID:SOCKET).";
+      };
+      id = mkOption {
+        type = types.str;
+        description = "The credential ID it asks for.";
+      };
+      source = mkOption {
+        type = types.str;
+        example = "app:/db-password";
+        description = "The secret or template sent: `VAULT:/PATH`.";
+      };
+      uid = mkOption {
+        type = types.int;
+        default = 0;
+        description = "The service manager asking: 0 for the system's, a uid for a user's.";
+      };
+    };
+  };
+
   # Build-time check: a config the daemon would refuse fails `nixos-rebuild`, not the boot.
+  # --offline: the units of on-change actions are those of the target system, checked by the
+  # assertions below, not those of the machine that builds.
   configCheck = pkgs.runCommand "vaultfs-serve-config-check" { } ''
-    ${cfg.package}/bin/vaultfs serve --check --config ${configFile}
+    ${cfg.package}/bin/vaultfs serve --check --offline --config ${configFile}
     touch $out
   '';
 
@@ -82,7 +249,7 @@ let
         default = true;
         description = "Mount read-only. Only read-only mounts are supported for now.";
       };
-    };
+    } // unitsOptions "anything under the mount";
   };
 in
 {
@@ -128,6 +295,47 @@ in
       description = "The mounts the daemon serves, by name.";
     };
 
+    templates = mkOption {
+      type = types.attrsOf (types.submodule templateOptions);
+      default = { };
+      example = lib.literalExpression ''
+        {
+          netrc = {
+            path = "ci:/netrc";
+            content = "machine github.com login x password {{ ci:/github-token | trim }}\n";
+            mode = "0400";
+            restartUnits = [ "ci-runner.service" ];
+          };
+        }
+      '';
+      description = ''
+        Files rendered from secrets when they are opened, written into the store when the
+        daemon starts (`vaultfs template set`). A mount must serve each template that has
+        restartUnits or reloadUnits.
+      '';
+    };
+
+    credentials = {
+      socket = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/vaultfs/credentials.sock";
+        description = ''
+          An AF_UNIX socket for systemd's `LoadCredential=ID:SOCKET`: a unit gets a secret
+          without seeing any mount (DynamicUser=, private namespaces). Only what `rules` grant
+          is answered; a refused unit fails to start. Units that ask should start after the
+          daemon: list them in `services.vaultfs.requiredBy`. The value is read at unit start:
+          pair a rule with `reloadUnits`/`restartUnits` on the secret's mount to follow
+          rotations.
+        '';
+      };
+      rules = mkOption {
+        type = types.listOf (types.submodule credentialRuleOptions);
+        default = [ ];
+        description = "Which unit gets which secret as which credential ID.";
+      };
+    };
+
     requiredBy = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -142,8 +350,8 @@ in
   config = lib.mkIf cfg.enable {
     assertions = [
       {
-        assertion = mounts != [ ];
-        message = "services.vaultfs.mounts is empty: the daemon would have nothing to serve.";
+        assertion = mounts != [ ] || cfg.credentials.socket != null;
+        message = "services.vaultfs.mounts is empty (and no credentials.socket): the daemon would have nothing to serve.";
       }
       {
         assertion = safePath cfg.keyFile && !(inNixStore cfg.keyFile);
@@ -162,6 +370,34 @@ in
       assertion = safePath m.mountPoint;
       message = "services.vaultfs.mounts.${name}.mountPoint must be an absolute path of letters, digits and ._@+-/ only, not ${m.mountPoint}.";
     }) cfg.mounts
+    ++ builtins.concatLists (lib.mapAttrsToList (name: m:
+      unitAssertions "services.vaultfs.mounts.${name}" m) cfg.mounts)
+    ++ builtins.concatLists (lib.mapAttrsToList (name: t:
+      unitAssertions "services.vaultfs.templates.${name}" t
+      ++ [
+        {
+          assertion = safeAddress t.path && safeName name;
+          message = "services.vaultfs.templates.${name}.path must be VAULT:/PATH of letters, digits and ._@+-/, not ${t.path}.";
+        }
+        {
+          assertion = (t.restartUnits == [ ] && t.reloadUnits == [ ]) || mountOf (t // { inherit name; }) != null;
+          message = "services.vaultfs.templates.${name}: no mount serves ${t.path}, so its restartUnits/reloadUnits would never fire.";
+        }
+        {
+          assertion = builtins.all (x: x == null || safeName x) [ t.owner t.group t.mode ];
+          message = "services.vaultfs.templates.${name}: owner, group and mode must be plain names or an octal mode.";
+        }
+      ]) cfg.templates)
+    ++ [
+      {
+        assertion = cfg.credentials.socket == null || safePath cfg.credentials.socket;
+        message = "services.vaultfs.credentials.socket must be an absolute path of letters, digits and ._@+-/.";
+      }
+      {
+        assertion = cfg.credentials.socket != null || cfg.credentials.rules == [ ];
+        message = "services.vaultfs.credentials.rules are set but credentials.socket is not.";
+      }
+    ]
     ++ lib.mapAttrsToList (name: m: {
       assertion = m.readOnly;
       message = "services.vaultfs.mounts.${name}.readOnly: only read-only mounts are supported.";
@@ -235,7 +471,10 @@ in
         LockPersonality = true;
         MemoryDenyWriteExecute = true;
         ProtectHostname = true;
-      };
+      } // (if cfg.templates != { } then {
+        # Templates into the store before the mounts serve them (issue 14).
+        ExecStartPre = builtins.concatLists templateCommands;
+      } else { });
     };
   };
 }

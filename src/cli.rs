@@ -250,6 +250,9 @@ pub enum Command {
         /// Only validate the config (no store, no mount)
         #[arg(long)]
         check: bool,
+        /// With --check: do not ask systemd whether the units of on-change actions exist (a config built for another host)
+        #[arg(long, requires = "check")]
+        offline: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
@@ -293,6 +296,23 @@ Config keys (TOML):
     read_only = BOOL  [default: true]; mounts are read-only, so false is refused
     open_timeout_ms = MS  [default: 2000]; how long an open waits for a locked or stuck
                       store before it fails with EIO (listing and stat never wait)
+    On-change actions run when the bytes a reader of the mount would get change (a
+    secret's value, a template's rendering): never at start, not for a rewrite with the
+    same bytes, once per burst (after a quiet window), retried with backoff on failure:
+    restart_units = [UNIT, ...]  systemctl --no-block try-restart UNIT...
+    reload_units = [UNIT, ...]   systemctl --no-block try-reload-or-restart UNIT...
+    signal = { unit = UNIT, signal = \"HUP\" }  systemctl kill --kill-whom=main
+    signal = { pidfile = PATH, signal = \"HUP\" }  the pid in PATH, signalled by the daemon
+                      (under the shipped unit, without CAP_KILL: root's processes only)
+    exec = [\"/abs/cmd\", ARG, ...]  no shell; a transient unit (systemd-run --wait) under
+                      systemd, else a child; a non-zero exit is a failure, retried
+    user = NAME       the units above are NAME's user units (systemctl --user -M NAME@)
+    quiet_period_ms = MS  [default: 1000]; changes must stay quiet this long first
+    A unit that does not exist fails `serve --check` (when systemd can be asked) and is
+    logged as an error at start and at every attempt.
+    [[mount.on_change]]  actions for one secret, template or directory of the mount:
+      path = /PATH    its path in the vault, at or under the mount's source
+      restart_units, reload_units, signal, exec, user: as above (at least one action)
   [credentials]       optional: a socket for systemd's LoadCredential=ID:PATH
     socket = PATH     absolute; units connect here at start
     [[credentials.rule]]  one per credential a unit may get; anything else is refused:
@@ -313,8 +333,22 @@ Example config (/etc/vaultfs/serve.toml):
   read_only = true
   open_timeout_ms = 2000
 
+Example on-change actions:
+  [[mount]]
+  source = \"web\"
+  mountpoint = \"/run/keys/web\"
+  restart_units = [\"web-worker.service\"]
+  quiet_period_ms = 1000
+  [[mount.on_change]]
+  path = \"/tls/cert.pem\"
+  reload_units = [\"nginx.service\"]
+  [[mount.on_change]]
+  path = \"/tls\"
+  exec = [\"/usr/bin/logger\", \"vaultfs: TLS material rotated\"]
+
 Examples:
   vaultfs serve --check --config /etc/vaultfs/serve.toml
+  vaultfs serve --check --offline --config ./serve.toml    # unit names not asked of systemd
   vaultfs --key-file /etc/vaultfs/key serve --config /etc/vaultfs/serve.toml";
 
 /// Where the store is and how to unlock it: only on the commands that open the store. The

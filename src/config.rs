@@ -22,6 +22,75 @@ pub struct MountSpec {
     pub mountpoint: PathBuf,
     /// How long an open may wait for the store before it fails with EIO.
     pub open_timeout: std::time::Duration,
+    /// What to do when the bytes under this mount change (empty: nothing).
+    pub actions: Vec<ActionSpec>,
+    /// How long changes must stay quiet before the actions run.
+    pub quiet_period: std::time::Duration,
+}
+
+/// The quiet window of on-change actions unless `quiet_period_ms` says otherwise.
+pub const DEFAULT_QUIET_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One on-change action: what it watches and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionSpec {
+    /// The vault path watched: a secret, a template or a directory (everything under it);
+    /// the mount's source path for a mount-wide action.
+    pub path: vaultfs_store::VaultPath,
+    /// What the action does.
+    pub kind: ActionKind,
+    /// Where the action was configured (mount #N, or mount #N on_change #M), for messages.
+    pub origin: String,
+}
+
+/// What an action does when its watched bytes changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionKind {
+    /// `systemctl try-restart` (`reload: false`) or `try-reload-or-restart` (`reload: true`);
+    /// `user`: that user's service manager (`--user -M USER@`).
+    Units {
+        /// The full unit names.
+        units: Vec<String>,
+        /// Reload rather than restart.
+        reload: bool,
+        /// A user manager's user, or `None` for the system manager.
+        user: Option<String>,
+    },
+    /// A signal to a unit's main process (`systemctl kill --kill-whom=main`).
+    SignalUnit {
+        /// The full unit name.
+        unit: String,
+        /// The signal's name without `SIG` (e.g. `HUP`).
+        signal: String,
+        /// A user manager's user, or `None` for the system manager.
+        user: Option<String>,
+    },
+    /// A signal to the process whose pid a file holds.
+    SignalPidfile {
+        /// The pid file (absolute).
+        pidfile: PathBuf,
+        /// The signal's name without `SIG`.
+        signal: String,
+    },
+    /// A command (argv, not a shell line): a transient unit under systemd, else a child.
+    Exec {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
+}
+
+impl ActionKind {
+    /// The units this action names, with the user whose manager runs them.
+    pub fn units(&self) -> Vec<(&str, Option<&str>)> {
+        match self {
+            ActionKind::Units { units, user, .. } => units
+                .iter()
+                .map(|u| (u.as_str(), user.as_deref()))
+                .collect(),
+            ActionKind::SignalUnit { unit, user, .. } => vec![(unit.as_str(), user.as_deref())],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// How long an open waits for the store unless the config says otherwise.
@@ -91,6 +160,202 @@ struct MountConfig {
     read_only: bool,
     /// Milliseconds an open may wait for the store before it fails with EIO.
     open_timeout_ms: Option<u64>,
+    /// Units restarted when anything under the mount changes.
+    restart_units: Option<Vec<String>>,
+    /// Units reloaded (or restarted) when anything under the mount changes.
+    reload_units: Option<Vec<String>>,
+    /// A signal sent when anything under the mount changes.
+    signal: Option<SignalConfig>,
+    /// A command run when anything under the mount changes.
+    exec: Option<Vec<String>>,
+    /// The user whose service manager runs the units named here (`systemctl --user`).
+    user: Option<String>,
+    /// Milliseconds changes must stay quiet before actions run.
+    quiet_period_ms: Option<u64>,
+    /// Actions for one secret, template or directory under the mount.
+    #[serde(default)]
+    on_change: Vec<OnChangeConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnChangeConfig {
+    /// The vault path watched (`/tls/cert.pem`), at or under the mount's source.
+    path: String,
+    restart_units: Option<Vec<String>>,
+    reload_units: Option<Vec<String>>,
+    signal: Option<SignalConfig>,
+    exec: Option<Vec<String>>,
+    user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalConfig {
+    /// The unit whose main process gets the signal.
+    unit: Option<String>,
+    /// Or the file holding the pid that gets it.
+    pidfile: Option<PathBuf>,
+    /// `HUP`, `SIGHUP`, `USR1`, ...
+    signal: String,
+}
+
+/// The signals an action may send (names without `SIG`).
+pub const SIGNALS: &[&str] = &[
+    "HUP", "INT", "QUIT", "USR1", "USR2", "TERM", "CONT", "STOP", "TSTP", "WINCH", "ALRM", "KILL",
+];
+
+/// The action fields shared by a mount and its `on_change` tables.
+struct ActionFields<'a> {
+    restart_units: &'a Option<Vec<String>>,
+    reload_units: &'a Option<Vec<String>>,
+    signal: &'a Option<SignalConfig>,
+    exec: &'a Option<Vec<String>>,
+    user: &'a Option<String>,
+}
+
+/// Whether `name` is a full unit name systemctl would take (`app.service`, `a@b.timer`).
+fn valid_unit(name: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        ".service",
+        ".socket",
+        ".target",
+        ".timer",
+        ".path",
+        ".mount",
+        ".automount",
+        ".swap",
+        ".slice",
+        ".scope",
+        ".device",
+    ];
+    valid_component(name)
+        && !name.starts_with('-')
+        && SUFFIXES
+            .iter()
+            .any(|s| name.len() > s.len() && name.ends_with(s))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c))
+}
+
+/// Whether `name` is a user name we may hand to `systemctl -M NAME@`.
+fn valid_user(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Checks one block of action fields and appends its actions, watching `path`.
+fn check_actions(
+    fields: ActionFields<'_>,
+    path: &vaultfs_store::VaultPath,
+    which: &str,
+    out: &mut Vec<ActionSpec>,
+) -> Result<(), ConfigError> {
+    let fail = |msg: String| Err(ConfigError(msg));
+    let user = match fields.user {
+        Some(u) if !valid_user(u) => {
+            return fail(format!("{which}: user {u:?} is not a user name"))
+        }
+        Some(u) => Some(u.clone()),
+        None => None,
+    };
+    let mut push = |kind: ActionKind| {
+        out.push(ActionSpec {
+            path: path.clone(),
+            kind,
+            origin: which.to_owned(),
+        })
+    };
+    let mut names_units = false;
+    for (key, list, reload) in [
+        ("restart_units", fields.restart_units, false),
+        ("reload_units", fields.reload_units, true),
+    ] {
+        let Some(units) = list else { continue };
+        if units.is_empty() {
+            return fail(format!("{which}: {key} is empty"));
+        }
+        if let Some(bad) = units.iter().find(|u| !valid_unit(u)) {
+            return fail(format!(
+                "{which}: {key}: {bad:?} is not a full unit name (e.g. \"app.service\")"
+            ));
+        }
+        names_units = true;
+        push(ActionKind::Units {
+            units: units.clone(),
+            reload,
+            user: user.clone(),
+        });
+    }
+    if let Some(sig) = fields.signal {
+        let name = sig.signal.trim_start_matches("SIG").to_ascii_uppercase();
+        if !SIGNALS.contains(&name.as_str()) {
+            return fail(format!(
+                "{which}: signal {:?} is not one of {}",
+                sig.signal,
+                SIGNALS.join(", ")
+            ));
+        }
+        match (&sig.unit, &sig.pidfile) {
+            (Some(unit), None) => {
+                if !valid_unit(unit) {
+                    return fail(format!(
+                        "{which}: signal: unit {unit:?} is not a full unit name (e.g. \"app.service\")"
+                    ));
+                }
+                names_units = true;
+                push(ActionKind::SignalUnit {
+                    unit: unit.clone(),
+                    signal: name,
+                    user: user.clone(),
+                });
+            }
+            (None, Some(pidfile)) => {
+                if !pidfile.is_absolute() {
+                    return fail(format!(
+                        "{which}: signal: pidfile {} must be absolute",
+                        pidfile.display()
+                    ));
+                }
+                push(ActionKind::SignalPidfile {
+                    pidfile: pidfile.clone(),
+                    signal: name,
+                });
+            }
+            _ => {
+                return fail(format!(
+                    "{which}: signal needs exactly one of unit = \"...\" or pidfile = \"...\""
+                ))
+            }
+        }
+    }
+    if let Some(argv) = fields.exec {
+        match argv.first() {
+            None => return fail(format!("{which}: exec is empty")),
+            Some(p) if !p.starts_with('/') => {
+                return fail(format!(
+                    "{which}: exec: {p:?} must be an absolute path (no shell, no PATH lookup)"
+                ))
+            }
+            Some(_) => {}
+        }
+        if argv.iter().any(|a| a.contains('\0')) {
+            return fail(format!("{which}: exec: an argument contains a NUL byte"));
+        }
+        push(ActionKind::Exec { argv: argv.clone() });
+    }
+    if user.is_some() && !names_units {
+        return fail(format!(
+            "{which}: user is set but no unit is named (it applies to restart_units, \
+             reload_units and signal.unit)"
+        ));
+    }
+    Ok(())
 }
 
 fn read_only_default() -> bool {
@@ -223,11 +488,57 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
                 ))
             }
         };
+        let quiet_period = match m.quiet_period_ms {
+            None => DEFAULT_QUIET_PERIOD,
+            Some(ms @ 0..=3_600_000) => std::time::Duration::from_millis(ms),
+            Some(ms) => {
+                return fail(format!(
+                    "{which}: quiet_period_ms = {ms} is out of range (0 to 3600000)"
+                ))
+            }
+        };
+        let mut actions = Vec::new();
+        let fields = ActionFields {
+            restart_units: &m.restart_units,
+            reload_units: &m.reload_units,
+            signal: &m.signal,
+            exec: &m.exec,
+            user: &m.user,
+        };
+        check_actions(fields, &source.path, &which, &mut actions)?;
+        for (j, c) in m.on_change.iter().enumerate() {
+            let here = format!("{which} on_change #{}", j + 1);
+            let path = match vaultfs_store::VaultPath::parse(&c.path, &c.path) {
+                Ok(p) => p,
+                Err(e) => return fail(format!("{here}: path {:?}: {e}", c.path)),
+            };
+            if !path.starts_with(&source.path) {
+                return fail(format!(
+                    "{here}: path {path} is not under the mount's source {source}"
+                ));
+            }
+            let before = actions.len();
+            let fields = ActionFields {
+                restart_units: &c.restart_units,
+                reload_units: &c.reload_units,
+                signal: &c.signal,
+                exec: &c.exec,
+                user: &c.user,
+            };
+            check_actions(fields, &path, &here, &mut actions)?;
+            if actions.len() == before {
+                return fail(format!(
+                    "{here}: no action (restart_units, reload_units, signal or exec)"
+                ));
+            }
+        }
         mounts.push(MountSpec {
             source,
             // Without a trailing slash, as `vaultfs mount` takes it.
             mountpoint: m.mountpoint.components().collect(),
             open_timeout,
+            actions,
+            quiet_period,
         });
     }
     for path in [&config.store, &config.key_file].into_iter().flatten() {
@@ -279,6 +590,129 @@ mod tests {
         assert_eq!(creds.rules[0].uid, 0);
         assert_eq!(creds.rules[1].uid, 1000);
         assert_eq!(creds.rules[1].source.to_string(), "app:/user/tok");
+    }
+
+    #[test]
+    fn parses_on_change_actions() {
+        let c = parse_config(
+            "[[mount]]\nsource = \"web:/srv\"\nmountpoint = \"/run/keys/web\"\nrestart_units = [\"a.service\", \"b@x.service\"]\nquiet_period_ms = 250\n[[mount.on_change]]\npath = \"/srv/tls/cert.pem\"\nreload_units = [\"nginx.service\"]\nsignal = { unit = \"nginx.service\", signal = \"SIGHUP\" }\nuser = \"alice\"\n[[mount.on_change]]\npath = \"/srv/tls\"\nexec = [\"/bin/true\", \"x\"]\nsignal = { pidfile = \"/run/x.pid\", signal = \"usr1\" }\n",
+            "t",
+        )
+        .unwrap();
+        let m = &c.mounts[0];
+        assert_eq!(m.quiet_period, std::time::Duration::from_millis(250));
+        let kinds: Vec<_> = m
+            .actions
+            .iter()
+            .map(|a| (a.path.to_string(), a.kind.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (
+                    "/srv".into(),
+                    ActionKind::Units {
+                        units: vec!["a.service".into(), "b@x.service".into()],
+                        reload: false,
+                        user: None
+                    }
+                ),
+                (
+                    "/srv/tls/cert.pem".into(),
+                    ActionKind::Units {
+                        units: vec!["nginx.service".into()],
+                        reload: true,
+                        user: Some("alice".into())
+                    }
+                ),
+                (
+                    "/srv/tls/cert.pem".into(),
+                    ActionKind::SignalUnit {
+                        unit: "nginx.service".into(),
+                        signal: "HUP".into(),
+                        user: Some("alice".into())
+                    }
+                ),
+                (
+                    "/srv/tls".into(),
+                    ActionKind::SignalPidfile {
+                        pidfile: "/run/x.pid".into(),
+                        signal: "USR1".into()
+                    }
+                ),
+                (
+                    "/srv/tls".into(),
+                    ActionKind::Exec {
+                        argv: vec!["/bin/true".into(), "x".into()]
+                    }
+                ),
+            ]
+        );
+        assert!(
+            m.actions[2].origin.contains("mount #1 on_change #1"),
+            "{:?}",
+            m.actions[2]
+        );
+        let plain = parse_config("[[mount]]\nsource = \"n\"\nmountpoint = \"/a\"\n", "t").unwrap();
+        assert!(plain.mounts[0].actions.is_empty());
+        assert_eq!(plain.mounts[0].quiet_period, DEFAULT_QUIET_PERIOD);
+    }
+
+    #[test]
+    fn rejects_bad_actions_with_a_reason() {
+        let m = "[[mount]]\nsource = \"v:/d\"\nmountpoint = \"/a\"\n";
+        let cases = [
+            ("restart_units = []\n", "restart_units is empty"),
+            (
+                "restart_units = [\"nginx\"]\n",
+                "\"nginx\" is not a full unit name",
+            ),
+            ("reload_units = [\"a b.service\"]\n", "not a full unit name"),
+            ("reload_units = [\"-x.service\"]\n", "not a full unit name"),
+            (
+                "signal = { unit = \"a.service\", signal = \"BOOM\" }\n",
+                "signal \"BOOM\" is not one of",
+            ),
+            ("signal = { signal = \"HUP\" }\n", "exactly one of unit"),
+            (
+                "signal = { unit = \"a.service\", pidfile = \"/p\", signal = \"HUP\" }\n",
+                "exactly one of unit",
+            ),
+            (
+                "signal = { pidfile = \"p\", signal = \"HUP\" }\n",
+                "must be absolute",
+            ),
+            ("exec = []\n", "exec is empty"),
+            ("exec = [\"logger\"]\n", "absolute path"),
+            (
+                "exec = [\"/bin/x\"]\nuser = \"alice\"\n",
+                "user is set but no unit",
+            ),
+            (
+                "restart_units = [\"a.service\"]\nuser = \"a;b\"\n",
+                "not a user name",
+            ),
+            ("quiet_period_ms = 99999999\n", "quiet_period_ms"),
+            ("restart = [\"a.service\"]\n", "t:"),
+            (
+                "[[mount.on_change]]\npath = \"/e/x\"\nexec = [\"/bin/x\"]\n",
+                "on_change #1: path /e/x is not under",
+            ),
+            (
+                "[[mount.on_change]]\npath = \"rel\"\nexec = [\"/bin/x\"]\n",
+                "on_change #1: path",
+            ),
+            (
+                "[[mount.on_change]]\npath = \"/d/x\"\n",
+                "on_change #1: no action",
+            ),
+        ];
+        for (extra, want) in cases {
+            let text = format!("{m}{extra}");
+            let err = parse_config(&text, "t").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.contains("mount #1") || want == "t:", "{text:?}: {err}");
+        }
     }
 
     #[test]

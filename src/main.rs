@@ -6,6 +6,7 @@
 //! `daemon/fork.rs`, which says why it is sound.
 #![deny(unsafe_code)]
 
+mod actions;
 mod cli;
 mod commands;
 mod config;
@@ -95,7 +96,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Umount { mountpoint } => mount::umount(mountpoint),
-        Command::Serve { config, check, .. } => serve::serve(cli, config, *check),
+        Command::Serve {
+            config,
+            check,
+            offline,
+            ..
+        } => serve::serve(cli, config, *check, *offline),
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
         Command::Completions { shell } => docs::completions(*shell),
         Command::Man { command } => docs::man(command.as_deref()),

@@ -344,7 +344,7 @@ fn module_generates_config_and_unit() {
     assert_eq!(checks.len(), 1);
     assert!(
         str_of(&checks[0]["buildCommand"], "buildCommand").contains(&format!(
-            "{pkg}/bin/vaultfs serve --check --config {config_path}\n"
+            "{pkg}/bin/vaultfs serve --check --offline --config {config_path}\n"
         )),
         "{}",
         checks[0]

@@ -39,5 +39,7 @@ mod nixos;
 // The README's CLI tour, run as written.
 mod readme_tour;
 // Delivery to services: the credential socket (direct and under a real systemd), `watch`.
+mod actions;
 mod credsock;
+mod nixos_actions;
 mod watch;

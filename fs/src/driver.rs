@@ -64,12 +64,15 @@ const OPEN_QUEUE: usize = 32;
 pub struct Options {
     /// How long an open may wait for the store before it answers EIO.
     pub open_timeout: Duration,
+    /// Told which files' bytes changed after each applied batch (see [`crate::changes`]).
+    pub on_change: Option<Arc<dyn crate::changes::ChangeHook>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             open_timeout: Duration::from_secs(2),
+            on_change: None,
         }
     }
 }
@@ -107,6 +110,8 @@ pub struct Shared {
     pub(crate) store_replaced: AtomicBool,
     /// Set once the vault was removed: the mount serves an empty tree.
     pub(crate) vault_gone: AtomicBool,
+    /// Reports changed bytes to the mount's caller, when it asked.
+    changes: Option<crate::changes::Tracker>,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +140,7 @@ impl Shared {
         options: Options,
     ) -> Result<Shared, StoreError> {
         let store_file = file_identity(reader.store_path());
+        let changes = options.on_change.clone().map(crate::changes::Tracker::new);
         let snap = reader.snapshot()?;
         let tree = Tree::new(snap.generation, snap.vault, snap.entries, source.clone());
         let pool = |name, threads, queue| {
@@ -163,9 +169,13 @@ impl Shared {
             store_file,
             store_replaced: AtomicBool::new(false),
             vault_gone: AtomicBool::new(false),
+            changes,
         };
         shared.report_damaged(snap.damaged);
         shared.render_templates();
+        if let Some(c) = &shared.changes {
+            c.scan(&shared, true);
+        }
         Ok(shared)
     }
 
@@ -240,7 +250,18 @@ impl Shared {
         self.apply(|tree| tree.apply(changes.generation, changes.vault, changes.upserts, &deleted));
         self.report_damaged(changes.damaged);
         self.render_templates();
+        if let Some(c) = &self.changes {
+            c.mark_due();
+        }
         Ok(())
+    }
+
+    /// For the refresher thread, after it finished a round (so no open waits on this):
+    /// reports the files whose bytes the last applied batch changed, if anyone asked.
+    pub(crate) fn report_changes(&self) {
+        if let Some(c) = &self.changes {
+            c.scan_if_due(self);
+        }
     }
 
     /// Renders every template whose row or inputs changed, to learn its size and give its
@@ -539,7 +560,7 @@ impl Shared {
 
 /// Renders `template` (called `what` in messages) from exactly the input versions in
 /// `made_of`; `Ok(None)` when one of them changed since (the caller's view is stale).
-fn render_from(
+pub(crate) fn render_from(
     reader: &VaultReader,
     what: &str,
     template: &Template,

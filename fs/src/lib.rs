@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 mod access;
+pub mod changes;
 mod driver;
 mod handles;
 mod invalidate;
@@ -22,6 +23,7 @@ mod unmount;
 mod view;
 mod workers;
 
+pub use changes::{Change, ChangeHook};
 pub use driver::Options;
 pub use mount::{mount, MountError, Mounted, Unmounter};
 pub use unmount::{unmount, UnmountError, Unmounted};

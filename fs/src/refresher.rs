@@ -31,6 +31,7 @@ pub fn run(shared: Weak<Shared>) {
         let round = shared.next_round(POLL_INTERVAL);
         let result = round_of(&shared);
         shared.finish_round(round, result.is_ok());
+        shared.report_changes();
         match result {
             Ok(()) if failing => {
                 tracing::warn!("{}: the store is readable again", shared.describe());

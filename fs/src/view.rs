@@ -303,6 +303,16 @@ impl Tree {
         self.renders.get(&id)
     }
 
+    /// Every secret and template under the mounted root: (id, content number, kind, vault
+    /// path), for the change tracker.
+    pub fn files(&self) -> Vec<(i64, i64, EntryKind, VaultPath)> {
+        self.nodes
+            .values()
+            .filter(|n| !n.is_dir())
+            .map(|n| (n.id, n.content, n.kind, self.path(n)))
+            .collect()
+    }
+
     /// The secret (not a directory or template) at `path` of the vault, with its version.
     pub fn secret_at(&self, path: &VaultPath) -> Option<(i64, i64)> {
         let mut at = ROOT_PARENT;

@@ -36,6 +36,12 @@ let
     bool = simple "boolean" isBool;
     str = simple "string" isString;
     package = simple "package" (v: isAttrs v && v ? outPath);
+    int = simple "signed integer" builtins.isInt;
+    enum = values: simple "one of ${concatStringsSep ", " values}" (v: builtins.elem v values);
+    nullOr = t: {
+      description = "null or ${t.description}";
+      merge = loc: v: if v == null then null else t.merge loc v;
+    };
     listOf = t: rec {
       description = "list of ${t.description}";
       merge =

@@ -34,6 +34,8 @@ pub fn mount(
         source,
         mountpoint: absolute(mountpoint)?,
         open_timeout,
+        actions: Vec::new(),
+        quiet_period: crate::config::DEFAULT_QUIET_PERIOD,
     };
     if let Some(path) = log_file {
         crate::logging::to_file(path)?;

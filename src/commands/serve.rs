@@ -4,24 +4,50 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::actions::{check_units, UnitCheck};
 use crate::cli::Cli;
 use crate::config::parse_config;
 use crate::credentials;
 use crate::daemon::{self, Readiness};
 use crate::exit::UsageError;
 
-/// `serve --config FILE [--check]`.
-pub fn serve(cli: &Cli, config_path: &Path, check: bool) -> Result<()> {
+/// `serve --config FILE [--check [--offline]]`.
+pub fn serve(cli: &Cli, config_path: &Path, check: bool, offline: bool) -> Result<()> {
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("cannot read config {}", config_path.display()))?;
     let config =
         parse_config(&text, &config_path.display().to_string()).map_err(|e| UsageError(e.0))?;
     if check {
+        let actions: Vec<_> = config
+            .mounts
+            .iter()
+            .flat_map(|m| m.actions.iter().cloned())
+            .collect();
+        let mut missing = Vec::new();
+        let problems = if offline {
+            Vec::new()
+        } else {
+            check_units(&actions)
+        };
+        for problem in problems {
+            match problem {
+                UnitCheck::Missing(msg) => missing.push(msg),
+                UnitCheck::Unknown(msg) => eprintln!("vaultfs: warning: {msg}"),
+            }
+        }
+        if let Some(first) = missing.first() {
+            let more = match missing.len() {
+                1 => String::new(),
+                n => format!(" (and {} more missing unit(s))", n - 1),
+            };
+            return Err(UsageError(format!("{}: {first}{more}", config_path.display())).into());
+        }
         let rules = config.credentials.as_ref().map_or(0, |c| c.rules.len());
         eprintln!(
-            "{}: ok ({} mount(s), {rules} credential rule(s))",
+            "{}: ok ({} mount(s), {} on-change action(s), {rules} credential rule(s))",
             config_path.display(),
-            config.mounts.len()
+            config.mounts.len(),
+            actions.len()
         );
         return Ok(());
     }

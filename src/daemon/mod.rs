@@ -158,10 +158,12 @@ fn mount_all(
         Some(spec) => Some(CredentialSocket::bind(spec, socket_readers)?),
         None => None,
     };
+    let hooks = crate::actions::start(specs)?;
     let mut mounted: Vec<vaultfs_fs::Mounted> = Vec::new();
-    for (spec, reader) in specs.iter().zip(readers) {
+    for ((spec, reader), on_change) in specs.iter().zip(readers).zip(hooks) {
         let options = vaultfs_fs::Options {
             open_timeout: spec.open_timeout,
+            on_change,
         };
         match vaultfs_fs::mount(reader, spec.source.path.clone(), &spec.mountpoint, &options) {
             Ok(m) => mounted.push(m),

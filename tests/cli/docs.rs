@@ -64,15 +64,20 @@ fn man_pages_render_for_vaultfs_and_each_command() {
     assert!(line.contains("nosuch"), "{line}");
 }
 
-/// The config keys `src/config.rs` accepts: the fields of `ServeConfig` and `MountConfig`
-/// (`mounts` is spelled `mount` in the file).
+/// The config keys `src/config.rs` accepts: the fields of `ServeConfig`, `MountConfig` and
+/// its action tables (`mounts` is spelled `mount` in the file, `on_change` `mount.on_change`).
 fn config_keys() -> Vec<String> {
     let src = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config.rs"),
     )
     .unwrap();
     let mut keys = Vec::new();
-    for name in ["struct ServeConfig {", "struct MountConfig {"] {
+    for name in [
+        "struct ServeConfig {",
+        "struct MountConfig {",
+        "struct OnChangeConfig {",
+        "struct SignalConfig {",
+    ] {
         let body = &src[src.find(name).expect(name)..];
         let body = &body[..body.find("\n}").unwrap()];
         for line in body.lines().skip(1) {
@@ -81,7 +86,14 @@ fn config_keys() -> Vec<String> {
                 continue;
             }
             if let Some((field, _)) = line.split_once(':') {
-                keys.push(if field == "mounts" { "mount" } else { field }.to_owned());
+                keys.push(
+                    match field {
+                        "mounts" => "mount",
+                        "on_change" => "mount.on_change",
+                        other => other,
+                    }
+                    .to_owned(),
+                );
             }
         }
     }
@@ -119,6 +131,31 @@ fn serve_help_documents_every_config_key_with_an_example_that_checks() {
     let out = ts.run(&args, b"");
     crate::common::assert_success(&out, &args);
     assert!(contains(&out.stderr, b"ok (2 mount(s)"), "{out:?}");
+
+    // So does the on-change example (its unit names are examples: not asked of systemd).
+    let actions: String = help
+        .split("Example on-change actions")
+        .nth(1)
+        .expect("an on-change example")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| format!("{}\n", l.trim()))
+        .collect();
+    std::fs::write(&file, &actions).unwrap();
+    let offline = [
+        "serve",
+        "--check",
+        "--offline",
+        "--config",
+        file.to_str().unwrap(),
+    ];
+    let out = ts.run(&offline, b"");
+    crate::common::assert_success(&out, &offline);
+    assert!(
+        contains(&out.stderr, b"ok (1 mount(s), 3 on-change action(s)"),
+        "{out:?}"
+    );
 }
 
 #[test]
