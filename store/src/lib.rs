@@ -38,6 +38,7 @@
 
 mod acl;
 mod address;
+mod bundle;
 mod crypto;
 mod db;
 mod dump;
@@ -50,6 +51,7 @@ mod head;
 mod keyslot;
 mod migrate;
 mod reader;
+mod recipient;
 mod records;
 mod rotate;
 mod rows;
@@ -64,12 +66,14 @@ pub use acl::{
     MODE_MASK,
 };
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
+pub use bundle::{Applied, ApplyOptions, Bundle, Shown, ShownSlot};
 pub use entries::Listing;
 pub use error::{Result, StoreError};
 pub use head::default_state_dir;
 pub use keyslot::{Credential, KdfParams, SlotInfo, MIN_KEY_FILE_LEN};
 pub use migrate::{migrate, Migrated};
 pub use reader::{Changes, Snapshot, VaultReader};
+pub use recipient::{Identity, Recipient};
 pub use records::EntryKind;
 pub use rotate::Rotated;
 pub use rows::{Entry, MAX_SECRET_SIZE, ROOT_PARENT};
