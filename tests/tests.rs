@@ -30,3 +30,5 @@ mod clients;
 mod nixos;
 // The README's CLI tour, run as written.
 mod readme_tour;
+// Host keys as key slots (age, ssh-ed25519), scoped to vaults.
+mod hostkeys;
