@@ -224,7 +224,10 @@ fn a_swapped_recipient_is_not_rewrapped_to() {
     let out = ts.run(&["key", "rotate", "--yes"], b"");
     assert_eq!(crate::common::code(&out), 3);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("key slot 2 (its recipient or scope) failed authentication"), "{err}");
+    assert!(
+        err.contains("key slot 2 (its recipient or scope) failed authentication"),
+        "{err}"
+    );
     assert_eq!(ts.cat("web:/db/password"), b"web-secret");
     let line = ts.fails(&["bundle", "export"], 3);
     assert!(line.contains("key slot"), "{line}");

@@ -32,3 +32,5 @@ mod nixos;
 mod readme_tour;
 // Host keys as key slots (age, ssh-ed25519), scoped to vaults.
 mod hostkeys;
+// Bundles: two hosts, round trip, rollback refusal, tamper of every line kind.
+mod bundles;

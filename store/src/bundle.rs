@@ -19,7 +19,7 @@
 //!
 //! # What protects it
 //! Every `vault` and `entry` line is AEAD-sealed as in the store; `mac` lines are the store
-//! head's own MACs. A `check` line per vault MACs the header, every slot line and every line of
+//! head's own MACs. A `check` line per vault MACs the header, the head, every `mac` and `slot` line and every line of
 //! that vault under a key derived from the vault key, so a host notices a removed line (rows
 //! dropped to hide a rotation), a swapped slot, or a truncated file. Applying verifies every
 //! line it uses first and changes nothing when one fails.
@@ -158,6 +158,18 @@ pub struct ApplyOptions {
 }
 
 impl Bundle {
+    fn foreign(&self, path: &Path, id: &[u8; 16]) -> StoreError {
+        self.bad(
+            1,
+            format!(
+                "it is from store {}, but {} is store {} (a foreign bundle)",
+                crypto::to_hex(&self.store_id),
+                path.display(),
+                crypto::to_hex(id)
+            ),
+        )
+    }
+
     fn bad(&self, line: usize, reason: impl Into<String>) -> StoreError {
         bad(&self.file, line, reason)
     }
@@ -276,7 +288,7 @@ impl Bundle {
         self.generation
     }
 
-    /// The lines a vault's `check` MAC covers: the header, the head, every slot, and the
+    /// The lines a vault's `check` MAC covers: the header, the head and its MACs, every slot, and the
     /// vault's own `vault` and `entry` lines, in file order.
     fn check_mac(&self, vault_key: &Key, vault_id: i64) -> [u8; 32] {
         let mut text = String::new();
@@ -285,7 +297,7 @@ impl Bundle {
             let kind = f.next().unwrap_or_default();
             let vid = f.next().and_then(|s| s.parse::<i64>().ok());
             let covered = match kind {
-                MAGIC | "head" | "slot" => true,
+                MAGIC | "head" | "mac" | "slot" => true,
                 "vault" | "entry" => vid == Some(vault_id),
                 _ => false,
             };
@@ -473,6 +485,13 @@ impl Bundle {
     /// one transaction; creates the store when there is none. Only the slot `cred` opens is
     /// kept. Local tables the bundle does not carry are left alone.
     pub fn apply(&self, path: &Path, cred: &Credential, options: &ApplyOptions) -> Result<Applied> {
+        // A foreign bundle is named as such before any key is tried on it.
+        if path.exists() {
+            let (_, id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
+            if id != self.store_id {
+                return Err(self.foreign(path, &id));
+            }
+        }
         let (slot, payload) = self.unlock(cred)?;
         let keys = keys_for(path, self.store_id, payload);
         let opened = self.verify(&keys)?;
@@ -484,15 +503,7 @@ impl Bundle {
             Ok(_) => {
                 let (conn, id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
                 if id != self.store_id {
-                    return Err(self.bad(
-                        1,
-                        format!(
-                            "it is from store {}, but {} is store {} (a foreign bundle)",
-                            crypto::to_hex(&self.store_id),
-                            path.display(),
-                            crypto::to_hex(&id)
-                        ),
-                    ));
+                    return Err(self.foreign(path, &id));
                 }
                 conn
             }
@@ -532,16 +543,6 @@ impl Bundle {
             });
         }
         let names = opened.iter().map(|(_, v)| v.info.name.clone()).collect();
-        if replica && self.generation == current {
-            return Ok(Applied {
-                previous,
-                generation: current,
-                vaults: names,
-                changed: 0,
-                removed: 0,
-                unchanged: true,
-            });
-        }
         let ids: Vec<i64> = opened.iter().map(|(_, v)| v.info.id).collect();
         let work = || -> Result<(usize, usize)> {
             tx.execute("DELETE FROM key_slots", [])?;
@@ -652,7 +653,7 @@ impl Bundle {
             vaults: names,
             changed,
             removed,
-            unchanged: false,
+            unchanged: changed == 0 && removed == 0 && previous == Some(self.generation),
         })
     }
 }
