@@ -34,3 +34,5 @@ mod readme_tour;
 mod hostkeys;
 // Bundles: two hosts, round trip, rollback refusal, tamper of every line kind.
 mod bundles;
+// Migration from agenix (.age files) and sops (plaintext documents).
+mod migration_age;

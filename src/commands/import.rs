@@ -9,7 +9,7 @@ use vaultfs_store::{Address, Credential, SecretBytes, VaultPath, MAX_SECRET_SIZE
 
 use crate::cli::Cli;
 use crate::credentials;
-use crate::exit::usage;
+use crate::exit::{usage, UsageError};
 
 /// `import DIR ADDRESS`, `import ADDRESS --age FILE...`, `import ADDRESS --format F < doc`.
 pub fn import(
@@ -43,7 +43,7 @@ pub fn import(
     let mut store = credentials::open_store(cli)?;
     let items: Vec<(VaultPath, SecretBytes)> = found
         .into_iter()
-        .map(|(name, v)| (base.path.join(&name), v))
+        .map(|(name, v)| (name.split('/').fold(base.path.clone(), |p, c| p.join(c)), v))
         .collect();
     let count = store
         .write_many(&base.vault, items.iter().map(|(p, v)| (p, v.expose())))
@@ -112,14 +112,14 @@ fn from_document(format: &str) -> Result<Vec<(String, SecretBytes)>> {
         .context("reading the document from stdin")?;
     let value: serde_json::Value = match format {
         "json" => serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("stdin: not a JSON document: line {}", e.line()))?,
+            .map_err(|e| UsageError(format!("stdin: not a JSON document: line {}", e.line())))?,
         "yaml" => serde_yaml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
+            UsageError(format!(
                 "stdin: not a YAML document{}",
                 e.location()
                     .map(|l| format!(": line {}", l.line()))
                     .unwrap_or_default()
-            )
+            ))
         })?,
         "dotenv" => return dotenv(&text),
         other => usage!("--format {other:?}: expected yaml, json or dotenv"),
