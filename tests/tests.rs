@@ -36,3 +36,5 @@ mod hostkeys;
 mod bundles;
 // Migration from agenix (.age files) and sops (plaintext documents).
 mod migration_age;
+// `vaultfs edit`: $EDITOR on a RAM filesystem.
+mod edit;
