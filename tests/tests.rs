@@ -38,3 +38,5 @@ mod bundles;
 mod migration_age;
 // `vaultfs edit`: $EDITOR on a RAM filesystem.
 mod edit;
+// The NixOS module's bundle and identity options, run as systemd would.
+mod nixos_bundle;

@@ -36,6 +36,12 @@ let
     bool = simple "boolean" isBool;
     str = simple "string" isString;
     package = simple "package" (v: isAttrs v && v ? outPath);
+    # A path value (`./secrets/web1.vfsb`) or a string holding one; as in nixpkgs.
+    path = simple "path" (v: builtins.isPath v || (isString v && builtins.substring 0 1 v == "/"));
+    nullOr = t: rec {
+      description = "null or ${t.description}";
+      merge = loc: v: if v == null then null else t.merge loc v;
+    };
     listOf = t: rec {
       description = "list of ${t.description}";
       merge =
