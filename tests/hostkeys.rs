@@ -261,3 +261,69 @@ fn a_mount_served_by_a_scoped_host_key() {
     assert!(line.contains("does not open vault \"nix\""), "{line}");
     assert!(!is_mounted(&other));
 }
+
+#[test]
+fn a_removed_host_reads_nothing_written_after_rotate() {
+    let ts = two_vaults();
+    let (old_host, old_pub) = age_key(ts.dir.path(), "old.key");
+    let (new_host, new_pub) = age_key(ts.dir.path(), "new.key");
+    ts.ok(&[
+        "key",
+        "add",
+        "--recipient",
+        &old_pub,
+        "--label",
+        "old",
+        "--vault",
+        "web",
+    ]);
+    ts.ok(&[
+        "key",
+        "add",
+        "--recipient",
+        &new_pub,
+        "--label",
+        "new",
+        "--vault",
+        "web",
+    ]);
+    // The old host kept a copy of the store (a bundle is one) from before its removal.
+    let copy = ts.dir.path().join("old-copy.db");
+    std::fs::copy(&ts.store, &copy).unwrap();
+    let slots: serde_json::Value =
+        serde_json::from_slice(&ts.ok(&["key", "list", "--json"])).unwrap();
+    let old_id = slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["label"] == "old")
+        .unwrap()["id"]
+        .to_string();
+    ts.ok(&["key", "remove", &old_id]);
+    ts.ok(&["key", "rotate", "--yes"]);
+    ts.write("web:/db/password", b"after-removal");
+    let out = with_identity(&ts, &old_host, &["cat", "web:/db/password"]);
+    assert_fails(&out, &["cat"], 2);
+    // Its old slot, put back into the live file, unwraps only the old vault key: every row
+    // written after the rotation fails to open with it.
+    let live = ts.db();
+    let old = rusqlite::Connection::open(&copy).unwrap();
+    let (kind, params, wrapped): (String, String, Vec<u8>) = old
+        .query_row(
+            "SELECT kind, params, wrapped FROM key_slots WHERE label = 'old'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    live.execute(
+        "INSERT INTO key_slots (kind, params, wrapped, created_ns, label) VALUES (?1, ?2, ?3, 0, 'old')",
+        rusqlite::params![kind, params, wrapped],
+    )
+    .unwrap();
+    let out = with_identity(&ts, &old_host, &["cat", "web:/db/password"]);
+    assert_ne!(crate::common::code(&out), 0);
+    assert!(!crate::common::contains(&out.stdout, b"after-removal"));
+    let out = with_identity(&ts, &new_host, &["cat", "web:/db/password"]);
+    assert_success(&out, &["cat"]);
+    assert_eq!(out.stdout, b"after-removal");
+}
