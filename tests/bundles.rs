@@ -479,6 +479,16 @@ fn a_whole_store_host_key_gets_a_read_only_replica() {
     let out = ops.run(&ts, &["vault", "create", "local"]);
     let line = assert_fails(&out, &["vault create"], 2);
     assert!(line.contains("replica"), "{line}");
+    // Applying a bundle onto the source store (same id, not a replica) is refused: it would
+    // replace the admin's key slots with one host's.
+    let mut cmd = ts.cmd();
+    cmd.env("VAULTFS_IDENTITY", &ops.identity)
+        .env_remove("VAULTFS_KEY_FILE")
+        .args(["bundle", "apply", b.to_str().unwrap()]);
+    let out = run_command(&mut cmd, b"");
+    let line = assert_fails(&out, &["apply onto the source"], 1);
+    assert!(line.contains("not a replica"), "{line}");
+    assert_eq!(ts.cat("nix:/token"), b"nix-token-value");
     // --vault narrows a bundle for a whole-store key.
     let only_nix = export(&ts, &["--for", "ops", "--vault", "nix"], "ops-nix.vfsb");
     assert_success(&ops.apply(&ts, &only_nix), &["apply ops-nix"]);

@@ -485,6 +485,26 @@ impl Bundle {
     /// one transaction; creates the store when there is none. Only the slot `cred` opens is
     /// kept. Local tables the bundle does not carry are left alone.
     pub fn apply(&self, path: &Path, cred: &Credential, options: &ApplyOptions) -> Result<Applied> {
+        let mut created = false;
+        let result = self.apply_inner(path, cred, options, &mut created);
+        if result.is_err() && created {
+            // Leave no empty store behind: it would look like a store that is not a replica.
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                let _ = std::fs::remove_file(std::path::PathBuf::from(p));
+            }
+        }
+        result
+    }
+
+    fn apply_inner(
+        &self,
+        path: &Path,
+        cred: &Credential,
+        options: &ApplyOptions,
+        created: &mut bool,
+    ) -> Result<Applied> {
         // A foreign bundle is named as such before any key is tried on it.
         if path.exists() {
             let (_, id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
@@ -510,6 +530,7 @@ impl Bundle {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut conn = db::create(path)?;
                 db::initialize(&mut conn, path, &self.store_id)?;
+                *created = true;
                 conn
             }
             Err(source) => {
@@ -529,6 +550,13 @@ impl Bundle {
             })
             .map_err(sqlite)?;
         let replica = is_replica(&tx)?;
+        if !replica && !*created {
+            // The source store itself (same id): applying would replace its slots with one host's.
+            return Err(StoreError::InvalidOperation(format!(
+                "{} is the store this bundle was exported from, not a replica; apply bundles on the hosts",
+                path.display()
+            )));
+        }
         let seen = state
             .as_ref()
             .and_then(|s| s.load(&keys.state_key(), &self.store_id).ok().flatten())
