@@ -76,6 +76,8 @@ fn apply(cli: &Cli, file: &Path, keep_newer: bool) -> Result<()> {
             );
             Ok(())
         }
+        // It names the file and line already.
+        Err(e @ StoreError::BadBundle { .. }) => Err(e.into()),
         Err(e) => Err(e).with_context(|| format!("cannot apply bundle {}", file.display())),
     }
 }
