@@ -249,3 +249,102 @@ fn module_applies_the_bundle_before_serving_and_on_reload() {
     assert_eq!(fs::read(&mountpoint).unwrap(), b"second");
     let _ = serve.child.kill();
 }
+
+/// nixpkgs' lib/: `$NIXPKGS_LIB`, `<nixpkgs/lib>` on NIX_PATH, or the tarball in shared/ next to
+/// the repository (unpacked into `tmp`).
+fn nixpkgs_lib(tmp: &Path) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("NIXPKGS_LIB").map(PathBuf::from) {
+        return Some(dir);
+    }
+    let out = Command::new("nix-instantiate")
+        .args(["--find-file", "nixpkgs/lib"])
+        .output()
+        .ok()?;
+    if out.status.success() {
+        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tarball = [repo.join("../shared"), repo.join("../../shared")]
+        .into_iter()
+        .map(|d| d.join("nixpkgs-lib.tar.gz"))
+        .find(|t| t.exists())?;
+    let ok = Command::new("tar")
+        .arg("xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(tmp)
+        .status()
+        .ok()?
+        .success();
+    ok.then(|| tmp.join("lib"))
+}
+
+#[test]
+fn real_nixpkgs_lib_takes_a_bundle_path_and_copies_it_to_the_store() {
+    if !require_tool("nix-instantiate") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = nixpkgs_lib(tmp.path());
+    if !crate::common::requirement(
+        lib.is_some(),
+        "nixpkgs-lib",
+        "nixpkgs' lib/ ($NIXPKGS_LIB, <nixpkgs/lib>, or ../shared/nixpkgs-lib.tar.gz)",
+    ) {
+        return;
+    }
+    let bundle = tmp.path().join("web1.vfsb");
+    fs::write(&bundle, "vaultfs-bundle 1 00\n").unwrap();
+    let eval = |extra: &[&str]| {
+        Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--json", "--readonly-mode"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("nixos/tests/eval-lib.nix"))
+            .arg("--argstr")
+            .arg("libDir")
+            .arg(lib.as_ref().unwrap())
+            .arg("--argstr")
+            .arg("bundle")
+            .arg(&bundle)
+            .args(extra)
+            .env("NIX_REMOTE", "dummy://")
+            .output()
+            .unwrap()
+    };
+    let out = eval(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failedAssertions"], json!([]));
+    let pre = s(&v["serviceConfig"]["ExecStartPre"], "ExecStartPre");
+    // The bundle went into the Nix store by content (ciphertext only), not by its host path.
+    assert!(
+        pre.contains("bundle apply --keep-newer /nix/store/") && pre.ends_with("-web1.vfsb"),
+        "{pre}"
+    );
+    assert!(!pre.contains(tmp.path().to_str().unwrap()), "{pre}");
+    assert_eq!(
+        v["serviceConfig"]["ExecReload"],
+        v["serviceConfig"]["ExecStartPre"]
+    );
+    assert_eq!(
+        s(&v["serviceConfig"]["LoadCredential"], "LoadCredential"),
+        "vaultfs-identity:/etc/ssh/ssh_host_ed25519_key"
+    );
+    // The identity must stay out of the world-readable Nix store.
+    let out = eval(&["--argstr", "identity", "/nix/store/x-host-key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["failedAssertions"]
+            .to_string()
+            .contains("identity must be"),
+        "{v}"
+    );
+}
