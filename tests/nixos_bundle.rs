@@ -137,6 +137,40 @@ fn module_applies_the_bundle_before_serving_and_on_reload() {
         .unwrap();
     assert_eq!(cred_src, host_key.to_str().unwrap());
 
+    // The unit, rendered as NixOS writes it (a trivial attrs-to-INI step), passes systemd's own
+    // checks with the added ExecStartPre= and ExecReload=.
+    if require_tool("systemd-analyze") {
+        let mut unit = String::from("[Unit]\nDescription=vaultfs\n\n[Service]\n");
+        for (k, val) in sc.as_object().unwrap() {
+            let vals: Vec<String> = match val {
+                Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map_or(i.to_string(), str::to_owned))
+                    .collect(),
+                Value::String(x) => vec![x.clone()],
+                other => vec![other.to_string()],
+            };
+            for x in vals {
+                unit.push_str(&format!("{k}={x}\n"));
+            }
+        }
+        unit.push_str("\n[Install]\nWantedBy=multi-user.target\n");
+        let unit_path = t.join("vaultfs.service");
+        fs::write(&unit_path, &unit).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit_path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}\n{unit}");
+        let complaints: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("vaultfs.service"))
+            .collect();
+        assert!(complaints.is_empty(), "{complaints:?}\n{unit}");
+    }
+
     // Mistakes are caught at evaluation.
     let failed = |extra: Value| -> Vec<String> {
         let mut st = settings(&b1);
