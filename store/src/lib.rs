@@ -24,6 +24,14 @@
 //! the path and the vault's key (and keys derived from it): a mount daemon drops the `Store`
 //! once its readers exist and serves without the master key.
 //!
+//! # Host keys and bundles
+//! A key slot may also be a public key ([`Recipient`]: age X25519 or ssh-ed25519, opened by an
+//! [`Identity`]), so an admin can add a host without its secret and `key rotate` can re-wrap it.
+//! Scoped to vaults, such a slot wraps only those vault keys: the handle it opens
+//! ([`Store::is_scoped`]) reads those vaults and writes nothing. [`Store::export_bundle`] writes
+//! the sealed rows of some vaults and the slots that open them as text, and [`Bundle::apply`]
+//! makes a host's store a read-only replica of them (same store id), refusing an older head.
+//!
 //! # The store head
 //! Names are stored only sealed; lookups use a keyed hash of (parent id, name) as an index.
 //! Every committed change bumps the head (a counter, `generation`) and MACs it under a
