@@ -303,6 +303,7 @@ fn tamper_of_every_line_kind_truncation_and_foreign_bundles_change_nothing() {
     let cases = [
         (0, 2, "header (store id)"),
         (find("head "), 1, "head"),
+        (find("vaults "), 1, "vaults (the vault list)"),
         (find("mac "), 2, "mac"),
         (find("slot "), 6, "slot (wrapped key)"),
         (find("slot "), 5, "slot (params)"),
@@ -335,7 +336,17 @@ fn tamper_of_every_line_kind_truncation_and_foreign_bundles_change_nothing() {
             "{what}: a tampered bundle changed the store"
         );
     }
-    // A removed entry line (rows dropped to hide a change), a truncated file, a reordered one.
+    let outer: Vec<&str> = lines
+        .iter()
+        .filter(|l| {
+            !["vault ", "entry ", "check "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .copied()
+        .collect();
+    // A removed entry line (rows dropped to hide a change), a truncated file, a bundle cut down
+    // to no vault at all (which would empty the host).
     let entry = find("entry ");
     let check = find("check ");
     for (what, kept, named) in [
@@ -353,6 +364,11 @@ fn tamper_of_every_line_kind_truncation_and_foreign_bundles_change_nothing() {
             "truncated",
             lines[..lines.len() - 1].to_vec(),
             lines.len() - 1,
+        ),
+        (
+            "every vault, entry and check line removed",
+            outer.clone(),
+            outer.len(),
         ),
     ] {
         let path = ts.dir.path().join("cut.vfsb");

@@ -10,6 +10,7 @@
 //! ```text
 //! vaultfs-bundle 1 STORE_ID_HEX
 //! head GENERATION
+//! vaults VAULT_ID...                   (the vaults the bundle holds)
 //! mac VAULT_ID MAC_HEX                 (the store head's MACs; vault id 0 is the master's)
 //! slot ID KIND CREATED_NS LABEL PARAMS WRAPPED
 //! vault ID VERSION NAME_TAG WRAPPED_KEY SEALED
@@ -19,7 +20,8 @@
 //!
 //! # What protects it
 //! Every `vault` and `entry` line is AEAD-sealed as in the store; `mac` lines are the store
-//! head's own MACs. A `check` line per vault MACs the header, the head, every `mac` and `slot` line and every line of
+//! head's own MACs. A `check` line per vault MACs the header, the head, the `vaults` line,
+//! every `mac` and `slot` line and every line of
 //! that vault under a key derived from the vault key, so a host notices a removed line (rows
 //! dropped to hide a rotation), a swapped slot, or a truncated file. Applying verifies every
 //! line it uses first and changes nothing when one fails.
@@ -93,6 +95,8 @@ pub struct Bundle {
     file: String,
     store_id: [u8; 16],
     generation: i64,
+    /// The `vaults` line: its number and the vault ids the bundle holds.
+    listed: Option<(usize, Vec<i64>)>,
     lines: Vec<String>,
     macs: Vec<(usize, i64, Vec<u8>)>,
     slots: Vec<SlotLine>,
@@ -193,6 +197,7 @@ impl Bundle {
             file: file.to_owned(),
             store_id,
             generation: -1,
+            listed: None,
             lines: lines.clone(),
             macs: vec![],
             slots: vec![],
@@ -221,22 +226,26 @@ impl Bundle {
             };
             let (rank, want) = match f[0] {
                 "head" => (1, 2),
-                "mac" => (2, 3),
-                "slot" => (3, 7),
-                "vault" => (4, 6),
-                "entry" => (5, 9),
-                "check" => (6, 3),
+                "vaults" => (2, f.len()),
+                "mac" => (3, 3),
+                "slot" => (4, 7),
+                "vault" => (5, 6),
+                "entry" => (6, 9),
+                "check" => (7, 3),
                 _ => return Err(err(n, "unknown line kind")),
             };
             if f.len() != want {
                 return Err(err(n, "wrong number of fields"));
             }
-            if rank < last_rank || (rank == 1 && last_rank == 1) {
+            if rank < last_rank || (rank <= 2 && last_rank == rank) {
                 return Err(err(n, "line out of order"));
             }
             last_rank = rank;
             match f[0] {
                 "head" => b.generation = int(1)?,
+                "vaults" => {
+                    b.listed = Some((n, (1..f.len()).map(int).collect::<Result<Vec<i64>>>()?))
+                }
                 "mac" => b.macs.push((n, int(1)?, hex(2)?)),
                 "slot" => b.slots.push(SlotLine {
                     line: n,
@@ -280,6 +289,9 @@ impl Bundle {
         if b.generation < 0 {
             return Err(err(lines.len().max(1), "no head line (truncated?)"));
         }
+        if b.listed.is_none() {
+            return Err(err(lines.len().max(1), "no vaults line (truncated?)"));
+        }
         Ok(b)
     }
 
@@ -288,7 +300,8 @@ impl Bundle {
         self.generation
     }
 
-    /// The lines a vault's `check` MAC covers: the header, the head and its MACs, every slot, and the
+    /// The lines a vault's `check` MAC covers: the header, the head, the vault list, the head's
+    /// MACs, every slot, and the
     /// vault's own `vault` and `entry` lines, in file order.
     fn check_mac(&self, vault_key: &Key, vault_id: i64) -> [u8; 32] {
         let mut text = String::new();
@@ -297,7 +310,7 @@ impl Bundle {
             let kind = f.next().unwrap_or_default();
             let vid = f.next().and_then(|s| s.parse::<i64>().ok());
             let covered = match kind {
-                MAGIC | "head" | "mac" | "slot" => true,
+                MAGIC | "head" | "vaults" | "mac" | "slot" => true,
                 "vault" | "entry" => vid == Some(vault_id),
                 _ => false,
             };
@@ -341,8 +354,29 @@ impl Bundle {
 
     /// Verifies everything `keys` can open; returns the vaults opened.
     fn verify(&self, keys: &Keys) -> Result<Vec<(usize, OpenVault)>> {
+        // Every listed vault the key opens must be there, whole: the `vaults` line is covered by
+        // each check, so dropping a vault's lines (or the line listing it) is noticed, and a
+        // bundle cut down to no vault this key opens is refused rather than emptying the host.
+        let (listed_line, listed) = self.listed.as_ref().expect("parse requires a vaults line");
+        let wanted: Vec<i64> = listed
+            .iter()
+            .copied()
+            .filter(|id| keys.vault_in_scope(*id))
+            .collect();
+        if wanted.is_empty() {
+            return Err(self.bad(*listed_line, "the bundle holds no vault this key opens"));
+        }
+        let end = self.lines.len();
+        for id in &wanted {
+            if !self.vaults.iter().any(|v| v.row.id == *id) {
+                return Err(self.bad(end, format!("no vault line for vault #{id} (truncated?)")));
+            }
+        }
         let mut opened = Vec::new();
         for v in &self.vaults {
+            if !listed.contains(&v.row.id) {
+                return Err(self.bad(v.line, "vault not listed on the vaults line"));
+            }
             if !keys.vault_in_scope(v.row.id) {
                 continue;
             }
@@ -380,7 +414,6 @@ impl Bundle {
                 return Err(self.bad(e.line, "secret without a value"));
             }
         }
-        let end = self.lines.len();
         for (_, vault) in &opened {
             let id = vault.info.id;
             let (line, _, mac) =
@@ -758,6 +791,10 @@ impl Store {
         let mut out = vec![
             format!("{MAGIC} {VERSION} {}", crypto::to_hex(&self.keys.store_id)),
             format!("head {generation}"),
+            std::iter::once("vaults".to_owned())
+                .chain(ids.iter().map(i64::to_string))
+                .collect::<Vec<_>>()
+                .join(" "),
         ];
         let macs: Vec<(i64, Vec<u8>)> = tx
             .prepare("SELECT vault_id, mac FROM head ORDER BY vault_id")?
