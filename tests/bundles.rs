@@ -242,7 +242,10 @@ fn an_older_bundle_is_refused_even_after_the_store_is_wiped() {
     let before = web1.fingerprint();
     let out = web1.apply(&ts, &old);
     let line = assert_fails(&out, &["apply old"], 3);
-    assert!(line.contains("rolled back"), "{line}");
+    assert!(
+        line.contains("line 2") && line.contains("older than this host's"),
+        "{line}"
+    );
     assert_eq!(
         before,
         web1.fingerprint(),

@@ -76,6 +76,14 @@ fn apply(cli: &Cli, file: &Path, keep_newer: bool) -> Result<()> {
             );
             Ok(())
         }
+        Err(StoreError::Rollback { found, seen, .. }) => Err(StoreError::BadBundle {
+            file: file.display().to_string(),
+            line: 2,
+            reason: format!(
+                "its head {found} is older than this host's {seen} (a rolled-back deploy would bring back revoked secrets); pass --allow-rollback to apply it anyway"
+            ),
+        }
+        .into()),
         // It names the file and line already.
         Err(e @ StoreError::BadBundle { .. }) => Err(e.into()),
         Err(e) => Err(e).with_context(|| format!("cannot apply bundle {}", file.display())),

@@ -517,6 +517,10 @@ impl Bundle {
     /// Makes the store at `path` a replica holding this bundle's vaults that `cred` opens, in
     /// one transaction; creates the store when there is none. Only the slot `cred` opens is
     /// kept. Local tables the bundle does not carry are left alone.
+    ///
+    /// Removed rows get tombstones at the bundle's head, which running mounts see once the
+    /// head moves; a different bundle of the same head (say, narrowed with `--vault`) applies,
+    /// but mounts notice its removals only at their next restart.
     pub fn apply(&self, path: &Path, cred: &Credential, options: &ApplyOptions) -> Result<Applied> {
         let mut created = false;
         let result = self.apply_inner(path, cred, options, &mut created);
