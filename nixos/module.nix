@@ -223,6 +223,25 @@ let
     value = null;
   }) l))) == builtins.length l;
 
+  # ----- host bundles (issue 15) -----
+  # The credential: a key file, or a host key (identity). Either reaches the daemon only
+  # through LoadCredential= (%d), never the Nix store.
+  credential =
+    if cfg.identity != null then "vaultfs-identity:${cfg.identity}" else "vaultfs-key:${toString cfg.keyFile}";
+  unlockArgs =
+    if cfg.identity != null then "--identity %d/vaultfs-identity" else "--key-file %d/vaultfs-key";
+  # Applied before the mounts are served (ExecStartPre=) and on reload (ExecReload=; the running
+  # mounts follow the store's change counter). --keep-newer: an older bundle (a rolled-back
+  # generation) is a warning and the newer secrets keep serving, never a failed boot.
+  applyBundle = "${cfg.package}/bin/vaultfs ${unlockArgs} --store ${cfg.storePath} bundle apply --keep-newer ${cfg.bundle}";
+  # Before the mounts serve anything: the bundle is applied (a replica's secrets), then the
+  # templates are written into the store (issue 14).
+  startCommands =
+    (if cfg.bundle == null then [ ] else [ applyBundle ])
+    ++ builtins.concatLists templateCommands;
+  startPre = if startCommands == [ ] then { } else { ExecStartPre = startCommands; };
+  bundleReload = if cfg.bundle == null then { } else { ExecReload = applyBundle; };
+
   mountOptions = { name, ... }: {
     options = {
       source = mkOption {
@@ -274,12 +293,38 @@ in
 
     keyFile = mkOption {
       # Not types.path: a path value would be copied into the world-readable Nix store.
-      type = types.str;
+      type = types.nullOr types.str;
+      default = null;
       example = "/etc/vaultfs/key";
       description = ''
         A key file that unlocks the store (made with `vaultfs keygen`), as a path on the host.
         It is never copied into the Nix store: systemd hands it to the daemon as the credential
-        `vaultfs-key` (LoadCredential=), readable only by the service.
+        `vaultfs-key` (LoadCredential=), readable only by the service. Set this or `identity`.
+      '';
+    };
+
+    # ----- host bundles (issue 15): bundle + identity -----
+    bundle = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = lib.literalExpression "./secrets/web1.vfsb";
+      description = ''
+        A bundle made by `vaultfs bundle export --for HOST` (ciphertext only, so it may sit in
+        the Nix store). It is applied to `storePath` before any mount is served, and again on
+        `systemctl reload vaultfs` (running mounts follow it). A bundle older than the store is
+        a warning, never a failed boot: the newer secrets keep serving.
+      '';
+    };
+
+    identity = mkOption {
+      # Not types.path, for the same reason as keyFile.
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/ssh/ssh_host_ed25519_key";
+      description = ''
+        The host key that opens the store and the bundle: an OpenSSH ed25519 private key or an
+        age identity file, as a host path (passed with LoadCredential=, never copied into the
+        Nix store). Set this or `keyFile`.
       '';
     };
 
@@ -354,8 +399,20 @@ in
         message = "services.vaultfs.mounts is empty (and no credentials.socket): the daemon would have nothing to serve.";
       }
       {
-        assertion = safePath cfg.keyFile && !(inNixStore cfg.keyFile);
-        message = "services.vaultfs.keyFile must be an absolute path of letters, digits and ._@+-/ outside the Nix store (the store is world-readable), not ${cfg.keyFile}.";
+        assertion = (cfg.keyFile == null) != (cfg.identity == null);
+        message = "services.vaultfs: set exactly one of keyFile and identity (the credential that unlocks the store).";
+      }
+      {
+        assertion = cfg.keyFile == null || (safePath cfg.keyFile && !(inNixStore cfg.keyFile));
+        message = "services.vaultfs.keyFile must be an absolute path of letters, digits and ._@+-/ outside the Nix store (the store is world-readable), not ${toString cfg.keyFile}.";
+      }
+      {
+        assertion = cfg.identity == null || (safePath cfg.identity && !(inNixStore cfg.identity));
+        message = "services.vaultfs.identity must be an absolute path of letters, digits and ._@+-/ outside the Nix store (the store is world-readable), not ${toString cfg.identity}.";
+      }
+      {
+        assertion = cfg.bundle == null || cfg.identity != null;
+        message = "services.vaultfs.bundle needs services.vaultfs.identity: a bundle opens only with a host key.";
       }
       {
         assertion = safePath cfg.storePath;
@@ -426,14 +483,14 @@ in
       serviceConfig = {
         Type = "notify";
         NotifyAccess = "main";
-        ExecStart = "${cfg.package}/bin/vaultfs --key-file %d/vaultfs-key serve --config ${configFile}";
+        ExecStart = "${cfg.package}/bin/vaultfs ${unlockArgs} serve --config ${configFile}";
         # Safety net after a crash: the daemon unmounts on SIGTERM, and clears a stale mount
         # when it starts again. `-`: nothing mounted there is not an error.
         ExecStopPost = map (p: "-${pkgs.util-linux}/bin/umount -l ${p}") mountPoints;
         Restart = "on-failure";
         RestartSec = "2s";
 
-        LoadCredential = "vaultfs-key:${cfg.keyFile}";
+        LoadCredential = credential;
         StateDirectory = "vaultfs";
         StateDirectoryMode = "0700";
         UMask = "0077";
@@ -471,10 +528,7 @@ in
         LockPersonality = true;
         MemoryDenyWriteExecute = true;
         ProtectHostname = true;
-      } // (if cfg.templates != { } then {
-        # Templates into the store before the mounts serve them (issue 14).
-        ExecStartPre = builtins.concatLists templateCommands;
-      } else { });
+      } // startPre // bundleReload;
     };
   };
 }

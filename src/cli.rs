@@ -25,6 +25,9 @@ pub struct Cli {
     /// Accept a store older than one this host has seen (after restoring a backup on purpose)
     #[arg(long)]
     pub allow_rollback: bool,
+    /// Unlock with a host key: an age identity file or an OpenSSH ed25519 private key (e.g. /etc/ssh/ssh_host_ed25519_key)
+    #[arg(long, env = "VAULTFS_IDENTITY", value_name = "PATH")]
+    pub identity: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -85,17 +88,26 @@ pub enum Command {
         #[arg(long)]
         allow_empty: bool,
     },
-    /// Copy every file under a directory into a vault in one transaction (all or nothing)
+    /// Copy every file under a directory into a vault in one transaction (all or nothing); or agenix .age files (--age), or each key of a YAML, JSON or dotenv document on stdin (--format)
     #[command(
-        after_help = "Examples:\n  vaultfs import /run/secrets app            # migrate from a sops-nix or agenix ramfs\n  vaultfs import ./keys ssh:/hosts/web"
+        after_help = "Examples:\n  vaultfs import /run/secrets app            # migrate from a sops-nix or agenix ramfs\n  vaultfs import ./keys ssh:/hosts/web\n  vaultfs import app --age secrets/*.age --identity ~/.ssh/id_ed25519\n  sops -d secrets.yaml | vaultfs import --format yaml app:/web"
     )]
     Import {
         #[command(flatten)]
         store: StoreArgs,
-        /// The directory to read (symlinks to files are followed)
-        dir: PathBuf,
+        /// The directory to read (symlinks to files are followed); with --age or --format, the VAULT or VAULT:/DIR to import into
+        dir: String,
         /// VAULT or VAULT:/DIR to import into
-        address: String,
+        address: Option<String>,
+        /// agenix files to decrypt (each becomes a secret named after the file, less `.age`)
+        #[arg(long, value_name = "FILE.age", num_args = 1.., conflicts_with = "format")]
+        age: Vec<PathBuf>,
+        /// The key that decrypts the --age files [default: --identity; the store is then unlocked by --key-file or --passphrase-file when given]
+        #[arg(long, value_name = "PATH")]
+        age_identity: Option<PathBuf>,
+        /// Read a plaintext document from stdin and import each key: yaml, json or dotenv
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<String>,
     },
     /// Write the secret at VAULT:/PATH to stdout, byte for byte
     #[command(after_help = "Example:\n  vaultfs cat nix:/nix-tokens")]
@@ -254,6 +266,24 @@ pub enum Command {
         #[arg(long, requires = "check")]
         offline: bool,
     },
+    /// Host bundles: export sealed vaults for hosts, apply one on a host, show one
+    #[command(
+        after_help = "Examples:\n  vaultfs bundle export --for web1 > secrets/web1.vfsb\n  vaultfs --identity /etc/ssh/ssh_host_ed25519_key bundle apply web1.vfsb\n  vaultfs --identity host.key bundle show web1.vfsb"
+    )]
+    Bundle {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        cmd: BundleCommand,
+    },
+    /// Edit a secret in $EDITOR (a file on a RAM filesystem, wiped afterwards)
+    #[command(after_help = "Example:\n  EDITOR=vim vaultfs edit app:/config.env")]
+    Edit {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// VAULT:/PATH (created if missing)
+        address: String,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
         after_help = "Examples:\n  vaultfs completions bash > /etc/bash_completion.d/vaultfs\n  vaultfs completions zsh > \"${fpath[1]}/_vaultfs\"\n  vaultfs completions fish > ~/.config/fish/completions/vaultfs.fish"
@@ -368,6 +398,9 @@ pub struct StoreArgs {
     /// Accept a store older than one this host has seen (after restoring a backup on purpose)
     #[arg(long, global = true)]
     pub allow_rollback: bool,
+    /// Unlock with a host key: an age identity file or an OpenSSH ed25519 private key (or VAULTFS_IDENTITY)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub identity: Option<PathBuf>,
 }
 
 impl Cli {
@@ -381,6 +414,9 @@ impl Cli {
             self.store = sub.store;
         }
         self.allow_rollback |= sub.allow_rollback;
+        if sub.identity.is_some() {
+            self.identity = sub.identity;
+        }
         if sub.key_file.is_some() || sub.passphrase_file.is_some() {
             self.key_file = sub.key_file;
             self.passphrase_file = sub.passphrase_file;
@@ -408,7 +444,9 @@ impl Command {
             | Command::Env { store, .. }
             | Command::Watch { store, .. }
             | Command::Mount { store, .. }
-            | Command::Serve { store, .. } => Some(store),
+            | Command::Serve { store, .. }
+            | Command::Bundle { store, .. }
+            | Command::Edit { store, .. } => Some(store),
             Command::Keygen { .. }
             | Command::Umount { .. }
             | Command::Demo { .. }
@@ -450,6 +488,12 @@ pub enum KeyCommand {
         /// A file holding the new passphrase
         #[arg(long, value_name = "PATH")]
         new_passphrase_file: Option<PathBuf>,
+        /// A host's public key: age1... or "ssh-ed25519 AAAA..." (no secret needed)
+        #[arg(long, value_name = "PUBKEY", conflicts_with_all = ["new_key_file", "new_passphrase_file"])]
+        recipient: Option<String>,
+        /// With --recipient: open only this vault (repeat for more); the slot never holds the master key
+        #[arg(long = "vault", value_name = "VAULT", requires = "recipient")]
+        vaults: Vec<String>,
         /// A name for the slot, shown by `key list`
         #[arg(long, value_name = "TEXT")]
         label: Option<String>,
@@ -472,6 +516,40 @@ pub enum KeyCommand {
     Remove {
         /// The slot id from `key list`
         id: i64,
+    },
+}
+
+/// `vaultfs bundle ...`
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// Write a bundle of sealed vaults and the host-key slots that open them to stdout
+    #[command(
+        after_help = "Examples:\n  vaultfs bundle export --for web1 > secrets/web1.vfsb\n  vaultfs bundle export --vault nix --vault web > all.vfsb"
+    )]
+    Export {
+        /// A vault to include (repeat; default: all, or all the --for slot opens)
+        #[arg(long = "vault", value_name = "VAULT")]
+        vaults: Vec<String>,
+        /// Only this host-key slot (by label) and the vaults it opens
+        #[arg(long = "for", value_name = "LABEL")]
+        for_label: Option<String>,
+    },
+    /// Make this host's store a replica of a bundle (one transaction; an older bundle is refused)
+    #[command(
+        after_help = "Example:\n  vaultfs --identity /etc/ssh/ssh_host_ed25519_key --store /var/lib/vaultfs/store.db bundle apply web1.vfsb"
+    )]
+    Apply {
+        /// The bundle file
+        file: PathBuf,
+        /// An older bundle is a warning, not an error, and the newer state keeps serving (service start)
+        #[arg(long)]
+        keep_newer: bool,
+    },
+    /// List what a bundle holds that the key given can see (writes nothing)
+    #[command(after_help = "Example:\n  vaultfs --identity host.key bundle show web1.vfsb")]
+    Show {
+        /// The bundle file
+        file: PathBuf,
     },
 }
 

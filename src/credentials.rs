@@ -151,6 +151,14 @@ pub fn key_file(path: &Path) -> Result<Credential> {
     Ok(Credential::KeyFile(bytes))
 }
 
+/// Reads a host key: an age identity file or an OpenSSH ed25519 private key.
+pub fn identity(path: &Path) -> Result<Credential> {
+    let bytes = read_credential_file(path, "identity")?;
+    Ok(Credential::Identity(vaultfs_store::Identity::parse(
+        &bytes, path,
+    )?))
+}
+
 /// Reads a passphrase file: its first line, without the line ending.
 pub fn passphrase_file(path: &Path) -> Result<Credential> {
     let mut bytes = read_credential_file(path, "passphrase file")?;
@@ -169,7 +177,7 @@ pub fn passphrase_file(path: &Path) -> Result<Credential> {
 }
 
 fn prompt(text: &str) -> Result<SecretBytes> {
-    crate::tty::prompt_hidden(text, "--key-file or --passphrase-file")
+    crate::tty::prompt_hidden(text, "--key-file, --passphrase-file or --identity")
 }
 
 /// The credential that unlocks an existing store.
@@ -179,6 +187,9 @@ pub fn unlock_credential(cli: &Cli) -> Result<Credential> {
     }
     if let Some(p) = &cli.passphrase_file {
         return passphrase_file(p);
+    }
+    if let Some(p) = &cli.identity {
+        return identity(p);
     }
     let pass = prompt("vaultfs passphrase: ")?;
     if pass.is_empty() {

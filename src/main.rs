@@ -40,7 +40,23 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             ..
         } => secrets::write(cli, address, *allow_empty),
         Command::Cat { address, .. } => secrets::cat(cli, address),
-        Command::Import { dir, address, .. } => secrets::import(cli, dir, address),
+        Command::Import {
+            dir,
+            address,
+            age,
+            age_identity,
+            format,
+            ..
+        } => import::import(
+            cli,
+            dir,
+            address.as_deref(),
+            age,
+            age_identity.as_deref(),
+            format.as_deref(),
+        ),
+        Command::Bundle { cmd, .. } => bundle::bundle(cli, cmd),
+        Command::Edit { address, .. } => edit::edit(cli, address),
         Command::Ls {
             long,
             json,

@@ -445,6 +445,10 @@ fn module_rejects_bad_settings() {
             with(json!({ "a": { "source": "v", "readOnly": false } }), "/k"),
             "mounts.a.readOnly",
         ),
+        (
+            json!({ "enable": true, "mounts": ok }),
+            "set exactly one of keyFile and identity",
+        ),
     ];
     for (settings, want) in cases {
         let messages = failed(settings.clone());
@@ -462,10 +466,6 @@ fn module_rejects_bad_settings() {
         (
             with(json!({ "a": { "source": "v", "readOnly": "yes" } }), "/k"),
             "The option `services.vaultfs.mounts.a.readOnly' is not of type `boolean'",
-        ),
-        (
-            json!({ "enable": true, "mounts": ok }),
-            "The option `services.vaultfs.keyFile' is used but not defined",
         ),
     ];
     for (settings, want) in errors {

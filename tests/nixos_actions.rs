@@ -15,8 +15,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The nixpkgs `lib` directory, found or unpacked once per run.
-fn nixpkgs_lib() -> Option<PathBuf> {
+/// The nixpkgs `lib` directory, found or unpacked once per run: `$NIXPKGS_LIB`, `<nixpkgs/lib>`
+/// on NIX_PATH, or the vendored `tests/fixtures/nixpkgs-lib/nixpkgs-lib.tar.gz`.
+pub(crate) fn nixpkgs_lib() -> Option<PathBuf> {
     static LIB: OnceLock<Option<PathBuf>> = OnceLock::new();
     LIB.get_or_init(|| {
         if let Some(p) = std::env::var_os("NIXPKGS_LIB").map(PathBuf::from) {

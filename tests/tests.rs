@@ -43,3 +43,13 @@ mod actions;
 mod credsock;
 mod nixos_actions;
 mod watch;
+// Host keys as key slots (age, ssh-ed25519), scoped to vaults.
+mod hostkeys;
+// Bundles: two hosts, round trip, rollback refusal, tamper of every line kind.
+mod bundles;
+// Migration from agenix (.age files) and sops (plaintext documents).
+mod migration_age;
+// `vaultfs edit`: $EDITOR on a RAM filesystem.
+mod edit;
+// The NixOS module's bundle and identity options, run as systemd would.
+mod nixos_bundle;

@@ -38,7 +38,9 @@ let
     package = simple "package" (v: isAttrs v && v ? outPath);
     int = simple "signed integer" builtins.isInt;
     enum = values: simple "one of ${concatStringsSep ", " values}" (v: builtins.elem v values);
-    nullOr = t: {
+    # A path value (`./secrets/web1.vfsb`) or a string holding one; as in nixpkgs.
+    path = simple "path" (v: builtins.isPath v || (isString v && builtins.substring 0 1 v == "/"));
+    nullOr = t: rec {
       description = "null or ${t.description}";
       merge = loc: v: if v == null then null else t.merge loc v;
     };

@@ -81,6 +81,19 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
     match cmd {
         KeyCommand::List { json } => {
             let slots = store.key_slots()?;
+            let vaults = store.list_vaults()?;
+            let scope_of = |slot: &vaultfs_store::SlotInfo| -> Option<Vec<String>> {
+                slot.scope.as_ref().map(|ids| {
+                    ids.iter()
+                        .map(|id| {
+                            vaults
+                                .iter()
+                                .find(|v| v.id == *id)
+                                .map_or(format!("#{id}"), |v| v.name.clone())
+                        })
+                        .collect()
+                })
+            };
             if *json {
                 let items = slots
                     .iter()
@@ -94,14 +107,26 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                                 "iterations": k.iterations,
                             })),
                             "added": crate::output::format_time(slot.created_ns),
+                            "label": slot.label,
+                            "recipient": slot.recipient,
+                            "fingerprint": slot.fingerprint,
+                            "scope": scope_of(slot),
                         })
                     })
                     .collect();
                 crate::output::print_json(&serde_json::Value::Array(items));
                 return Ok(());
             }
-            let mut table =
-                crate::output::Table::new(&["ID", "KIND", "KDF", "ADDED (UTC)"]).right(0);
+            let mut table = crate::output::Table::new(&[
+                "ID",
+                "KIND",
+                "LABEL",
+                "SCOPE",
+                "FINGERPRINT",
+                "KDF",
+                "ADDED (UTC)",
+            ])
+            .right(0);
             for slot in &slots {
                 let kdf = slot.kdf.map_or("-".to_owned(), |k| {
                     format!("argon2id m={}MiB t={}", k.memory_kib / 1024, k.iterations)
@@ -109,6 +134,9 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
                 table.row(vec![
                     slot.id.to_string(),
                     slot.kind.clone(),
+                    slot.label.clone().unwrap_or_else(|| "-".into()),
+                    scope_of(slot).map_or("all".into(), |v| v.join(",")),
+                    slot.fingerprint.clone().unwrap_or_else(|| "-".into()),
                     kdf,
                     crate::output::format_time(slot.created_ns),
                 ]);
@@ -116,10 +144,30 @@ pub fn key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             table.print();
         }
         KeyCommand::Add {
+            recipient: Some(recipient),
+            vaults,
+            label,
+            ..
+        } => {
+            let recipient = vaultfs_store::Recipient::parse(recipient)?;
+            let id = store.add_recipient_slot(&recipient, vaults, label.as_deref())?;
+            let scope = if vaults.is_empty() {
+                "the whole store".to_owned()
+            } else {
+                format!("vault(s) {}", vaults.join(", "))
+            };
+            eprintln!(
+                "added key slot {id} for {} ({}), opening {scope}",
+                recipient.kind(),
+                recipient.fingerprint()
+            );
+        }
+        KeyCommand::Add {
             new_key_file,
             new_passphrase_file,
             label,
             kdf: k,
+            ..
         } => {
             let cred: Credential = match (new_key_file, new_passphrase_file) {
                 (Some(f), _) => credentials::key_file(f)?,
@@ -162,10 +210,10 @@ fn rotate(cli: &Cli, yes: bool, kdf: KdfParams) -> Result<()> {
     }
     eprintln!(
         "key rotate replaces the master key and every vault key, re-encrypts every secret, and \
-         replaces these {} key slot(s) with one for the key given:",
-        slots.len()
+         replaces these {} key slot(s) with one for the key given (host-key slots are re-wrapped, not removed):",
+        slots.iter().filter(|s| s.recipient.is_none()).count()
     );
-    for s in &slots {
+    for s in slots.iter().filter(|s| s.recipient.is_none()) {
         eprintln!(
             "  slot {} ({}{})",
             s.id,
@@ -191,5 +239,12 @@ fn rotate(cli: &Cli, yes: bool, kdf: KdfParams) -> Result<()> {
         "rotated the master key and {} vault key(s), re-encrypted {} entries; the key given is now slot {}; remount running mounts",
         done.vaults, done.entries, done.slot
     );
+    if !done.rewrapped_slots.is_empty() {
+        let ids: Vec<String> = done.rewrapped_slots.iter().map(|i| i.to_string()).collect();
+        eprintln!(
+            "re-wrapped host-key slot(s) {} to the new keys; export their bundles again",
+            ids.join(", ")
+        );
+    }
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! One module per command family.
 
 pub mod acl;
+pub mod bundle;
 pub mod demo;
 pub mod docs;
+pub mod edit;
 pub mod env;
+pub mod import;
 pub mod keys;
 pub mod migrate;
 pub mod mount;

@@ -57,7 +57,7 @@ pub fn serve(cli: &Cli, config_path: &Path, check: bool, offline: bool) -> Resul
     };
     credentials::require_store(&store_path)?;
     let cred = match (&cli.key_file, &config.key_file, &cli.passphrase_file) {
-        (None, Some(k), None) => credentials::key_file(k)?,
+        (None, Some(k), None) if cli.identity.is_none() => credentials::key_file(k)?,
         _ => credentials::unlock_credential(cli)?,
     };
     daemon::serve_with_credentials(

@@ -155,6 +155,43 @@ pub enum StoreError {
         /// SQLite's or the OS's reason (never holds a value).
         reason: String,
     },
+    /// A public key `key add --recipient` cannot use.
+    #[error("recipient {input:?}: {reason}")]
+    BadRecipient {
+        /// The start of what was given.
+        input: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// An identity file (`--identity`) that cannot be used.
+    #[error("identity {path}: {reason}")]
+    BadIdentity {
+        /// The file.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The key given opens a scoped slot that does not include this vault.
+    #[error("this key does not open vault {0:?}")]
+    NotInScope(String),
+    /// A write to a store this handle may only read: a scoped key, or a replica of a bundle.
+    #[error("{path} is read-only here: {reason}")]
+    ReadOnly {
+        /// The store.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A bundle line that does not parse or verify; nothing was applied.
+    #[error("bundle {file}, line {line}: {reason}; nothing was changed")]
+    BadBundle {
+        /// The bundle file.
+        file: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Any other SQLite failure.
     #[error("store database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -220,14 +257,22 @@ impl StoreError {
 
     /// Whether this error means the credential was wrong (exit code 2 in the CLI).
     pub fn is_auth(&self) -> bool {
-        matches!(self, StoreError::WrongKey | StoreError::BadKeyFile { .. })
+        matches!(
+            self,
+            StoreError::WrongKey
+                | StoreError::BadKeyFile { .. }
+                | StoreError::BadIdentity { .. }
+                | StoreError::NotInScope(_)
+        )
     }
 
     /// Whether this error means a sealed row failed authentication.
     pub fn is_tamper(&self) -> bool {
         matches!(
             self,
-            StoreError::Tampered { .. } | StoreError::Rollback { .. }
+            StoreError::Tampered { .. }
+                | StoreError::Rollback { .. }
+                | StoreError::BadBundle { .. }
         )
     }
 
@@ -236,6 +281,8 @@ impl StoreError {
         matches!(
             self,
             StoreError::InvalidAddress { .. }
+                | StoreError::BadRecipient { .. }
+                | StoreError::ReadOnly { .. }
                 | StoreError::Template {
                     source: crate::template::TemplateError::Syntax { .. },
                     ..

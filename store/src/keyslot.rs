@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto;
 use crate::error::{Result, StoreError};
+use crate::recipient::{self, Payload};
 use crate::secret::{Key, SecretBytes};
 
 /// The shortest key file accepted: a key file is used without a slow KDF, so it must carry a
@@ -39,6 +40,8 @@ pub enum Credential {
     KeyFile(SecretBytes),
     /// A passphrase.
     Passphrase(SecretBytes),
+    /// A host's private key (age identity or OpenSSH ed25519 key), for public-key slots.
+    Identity(crate::recipient::Identity),
 }
 
 impl Credential {
@@ -46,6 +49,7 @@ impl Credential {
         match self {
             Credential::KeyFile(_) => "keyfile",
             Credential::Passphrase(_) => "passphrase",
+            Credential::Identity(_) => "identity",
         }
     }
 }
@@ -77,6 +81,12 @@ pub struct SlotInfo {
     pub created_ns: i64,
     /// The user's name for the slot, if one was given.
     pub label: Option<String>,
+    /// For a public-key slot: the recipient (`age1...` or `ssh-ed25519 ...`).
+    pub recipient: Option<String>,
+    /// For a public-key slot: its fingerprint (`SHA256:...` for ssh keys).
+    pub fingerprint: Option<String>,
+    /// For a scoped public-key slot: the ids of the vaults it opens (`None`: the whole store).
+    pub scope: Option<Vec<i64>>,
 }
 
 /// A freshly wrapped master key, ready to insert.
@@ -112,6 +122,7 @@ fn derive_kek(cred: &Credential, params: &SlotParams) -> Result<Key> {
                 .map_err(|_| StoreError::WrongKey)?;
             Ok(Key::from_bytes(*out))
         }
+        Credential::Identity(_) => Err(StoreError::WrongKey),
     }
 }
 
@@ -157,6 +168,23 @@ pub(crate) fn wrap(
     })
 }
 
+/// Tries `cred` on one slot of any kind; `None` when it is not the slot's credential.
+pub(crate) fn unwrap_any(
+    store_id: &[u8; 16],
+    cred: &Credential,
+    kind: &str,
+    params_text: &str,
+    wrapped: &[u8],
+) -> Option<Payload> {
+    match cred {
+        Credential::Identity(id) if kind == recipient::KIND_AGE || kind == recipient::KIND_SSH => {
+            recipient::unwrap(store_id, id, params_text, wrapped)
+        }
+        Credential::Identity(_) => None,
+        _ => unwrap(store_id, cred, kind, params_text, wrapped).map(Payload::Master),
+    }
+}
+
 /// Tries `cred` on one slot; `None` when it is not the slot's credential.
 pub(crate) fn unwrap(
     store_id: &[u8; 16],
@@ -185,12 +213,18 @@ pub(crate) fn info(
     let kdf = serde_json::from_str::<SlotParams>(params_text)
         .ok()
         .and_then(|p| p.argon2id);
+    let public = recipient::params(params_text);
     SlotInfo {
         id,
         kind,
         kdf,
         created_ns,
         label,
+        fingerprint: public
+            .as_ref()
+            .map(|p| recipient::fingerprint(&p.recipient)),
+        scope: public.as_ref().and_then(|p| p.vaults.clone()),
+        recipient: public.map(|p| p.recipient),
     }
 }
 

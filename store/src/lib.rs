@@ -24,6 +24,14 @@
 //! the path and the vault's key (and keys derived from it): a mount daemon drops the `Store`
 //! once its readers exist and serves without the master key.
 //!
+//! # Host keys and bundles
+//! A key slot may also be a public key ([`Recipient`]: age X25519 or ssh-ed25519, opened by an
+//! [`Identity`]), so an admin can add a host without its secret and `key rotate` can re-wrap it.
+//! Scoped to vaults, such a slot wraps only those vault keys: the handle it opens
+//! ([`Store::is_scoped`]) reads those vaults and writes nothing. [`Store::export_bundle`] writes
+//! the sealed rows of some vaults and the slots that open them as text, and [`Bundle::apply`]
+//! makes a host's store a read-only replica of them (same store id), refusing an older head.
+//!
 //! # The store head
 //! Names are stored only sealed; lookups use a keyed hash of (parent id, name) as an index.
 //! Every committed change bumps the head (a counter, `generation`) and MACs it under a
@@ -38,6 +46,7 @@
 
 mod acl;
 mod address;
+mod bundle;
 mod crypto;
 mod db;
 mod dump;
@@ -50,6 +59,7 @@ mod head;
 mod keyslot;
 mod migrate;
 mod reader;
+mod recipient;
 mod records;
 mod rotate;
 mod rows;
@@ -64,12 +74,14 @@ pub use acl::{
     MODE_MASK,
 };
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
+pub use bundle::{Applied, ApplyOptions, Bundle, Shown, ShownSlot};
 pub use entries::{AclFields, Listing};
 pub use error::{Result, StoreError};
 pub use head::default_state_dir;
 pub use keyslot::{Credential, KdfParams, SlotInfo, MIN_KEY_FILE_LEN};
 pub use migrate::{migrate, Migrated};
 pub use reader::{Changes, Snapshot, VaultReader};
+pub use recipient::{Identity, Recipient};
 pub use records::EntryKind;
 pub use rotate::Rotated;
 pub use rows::{Entry, MAX_SECRET_SIZE, ROOT_PARENT};

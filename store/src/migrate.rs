@@ -73,7 +73,10 @@ pub fn migrate(path: &Path, cred: &Credential) -> Result<Migrated> {
             supported: db::FORMAT,
         });
     }
-    let master = unlock(&conn, path, &store_id, cred)?;
+    // Format 1 had no public-key slots, so only a whole-store key can migrate.
+    let crate::recipient::Payload::Master(master) = unlock(&conn, path, &store_id, cred)? else {
+        return Err(StoreError::WrongKey);
+    };
     let keys = Keys::new(path, store_id, master);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -12,6 +12,7 @@ use crate::crypto;
 use crate::error::{Result, StoreError};
 use crate::head;
 use crate::keyslot::{self, Credential, KdfParams};
+use crate::recipient::{self, Payload, PublicParams, Recipient};
 use crate::records::{self, now_ns, EntryMeta};
 use crate::rows;
 use crate::secret::Key;
@@ -25,8 +26,10 @@ pub struct Rotated {
     pub vaults: usize,
     /// Entries re-sealed.
     pub entries: usize,
-    /// The slots removed (every slot but the new one).
+    /// The slots removed (every passphrase and key-file slot but the new one).
     pub removed_slots: Vec<i64>,
+    /// Public-key slots (host keys) re-wrapped to the new keys: they need no secret.
+    pub rewrapped_slots: Vec<i64>,
     /// The id of the one slot left, for `cred`.
     pub slot: i64,
 }
@@ -37,6 +40,7 @@ impl Store {
     /// transaction. Mounts made before keep the old vault keys and fail closed (the head no
     /// longer verifies): remount them.
     pub fn rotate_keys(&mut self, cred: &Credential, kdf: KdfParams) -> Result<Rotated> {
+        self.writable()?;
         let path = self.keys.path.clone();
         let sid = self.keys.store_id;
         let slots = self.key_slots()?;
@@ -46,7 +50,24 @@ impl Store {
             .find(|s| s.id == own)
             .and_then(|s| s.label.clone());
         let new_keys = Keys::new(&path, sid, Key::random());
-        let slot = keyslot::wrap(&sid, new_keys.master(), cred, kdf)?;
+        // A host key's slot is re-wrapped below, not replaced.
+        let slot = match cred {
+            Credential::Identity(_) => None,
+            _ => Some(keyslot::wrap(&sid, new_keys.master(), cred, kdf)?),
+        };
+        let public: Vec<(i64, Recipient, Option<Vec<i64>>)> = slots
+            .iter()
+            .filter_map(|s| Some((s, s.recipient.as_ref()?)))
+            .map(|(s, text)| {
+                let params = self.public_params(s.id)?;
+                if !params.verify(&self.keys.slot_key(), &sid) {
+                    return Err(StoreError::Tampered {
+                        what: format!("key slot {} (its recipient or scope)", s.id),
+                    });
+                }
+                Ok((s.id, Recipient::parse(text)?, s.scope.clone()))
+            })
+            .collect::<Result<_>>()?;
         let seen = self.head();
         let old_keys = &self.keys;
         let tx = self
@@ -69,6 +90,7 @@ impl Store {
                 .collect::<rusqlite::Result<_>>()?;
             let mut entries = 0;
             let mut head_keys = Vec::new();
+            let mut new_vault_keys: Vec<(i64, Key)> = Vec::new();
             for row in &vault_rows {
                 let old = old_keys.open_vault_row(row)?;
                 let new = OpenVault::new(old.info.clone(), Key::random());
@@ -83,20 +105,54 @@ impl Store {
                 )?;
                 entries += reseal_entries(&tx, &sid, &old, &new, seq)?;
                 head_keys.push((row.id, new.head_key.clone()));
+                new_vault_keys.push((row.id, new.key.clone()));
             }
-            tx.execute("DELETE FROM key_slots", [])?;
+            let mut rewrapped = Vec::new();
+            for (id, recipient, scope) in &public {
+                let payload = match scope {
+                    None => Payload::Master(new_keys.master().clone()),
+                    Some(ids) => Payload::Vaults(
+                        new_vault_keys
+                            .iter()
+                            .filter(|(v, _)| ids.contains(v))
+                            .cloned()
+                            .collect(),
+                    ),
+                };
+                let (params_text, wrapped) =
+                    recipient::wrap(&sid, &new_keys.slot_key(), recipient, &payload)?;
+                tx.execute(
+                    "UPDATE key_slots SET params = ?1, wrapped = ?2 WHERE id = ?3",
+                    params![params_text, wrapped, id],
+                )?;
+                rewrapped.push(*id);
+            }
             tx.execute(
-                "INSERT INTO key_slots (kind, params, wrapped, created_ns, label)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![slot.kind, slot.params, slot.wrapped, now_ns(), label],
+                "DELETE FROM key_slots WHERE kind NOT IN (?1, ?2)",
+                params![recipient::KIND_AGE, recipient::KIND_SSH],
             )?;
-            let slot_id = tx.last_insert_rowid();
+            let slot_id = match &slot {
+                Some(slot) => {
+                    tx.execute(
+                        "INSERT INTO key_slots (kind, params, wrapped, created_ns, label)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![slot.kind, slot.params, slot.wrapped, now_ns(), label],
+                    )?;
+                    tx.last_insert_rowid()
+                }
+                None => own,
+            };
             head::seal(&tx, &sid, new_keys.head_key(), seq, &head_keys)?;
             Ok((
                 Rotated {
                     vaults: vault_rows.len(),
                     entries,
-                    removed_slots: slots.iter().map(|s| s.id).collect(),
+                    removed_slots: slots
+                        .iter()
+                        .filter(|s| s.recipient.is_none())
+                        .map(|s| s.id)
+                        .collect(),
+                    rewrapped_slots: rewrapped,
                     slot: slot_id,
                 },
                 seq,
@@ -106,6 +162,20 @@ impl Store {
         tx.commit().map_err(|e| StoreError::from_sqlite(&path, e))?;
         self.replace_keys(new_keys, seq);
         Ok(rotated)
+    }
+}
+
+impl Store {
+    /// The stored parameters of public-key slot `id`.
+    fn public_params(&self, id: i64) -> Result<PublicParams> {
+        let text: String =
+            self.conn
+                .query_row("SELECT params FROM key_slots WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+        recipient::params(&text).ok_or_else(|| StoreError::Tampered {
+            what: format!("key slot {id} (its parameters)"),
+        })
     }
 }
 

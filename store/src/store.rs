@@ -11,6 +11,7 @@ use crate::db;
 use crate::error::{Result, StoreError};
 use crate::head::{self, StateFile};
 use crate::keyslot::{self, Credential, KdfParams, SlotInfo};
+use crate::recipient::Payload;
 use crate::records::{self, VaultRecord, RECORD_VERSION};
 use crate::secret::Key;
 
@@ -94,6 +95,10 @@ pub(crate) struct Keys {
     vault_tag_key: Key,
     head_key: Key,
     state_key: Key,
+    /// Set when a scoped public-key slot unlocked the store: the only vault keys this handle
+    /// holds. `master` is then a random key that opens and seals nothing: every write path
+    /// refuses a scoped handle first ([`Store::writable`]).
+    pub(crate) scope: Option<Vec<(i64, Key)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -155,8 +160,10 @@ impl Store {
     /// highest head this host recorded for the store, and records the new one.
     pub fn open_with(path: &Path, cred: &Credential, options: &OpenOptions) -> Result<Store> {
         let (conn, store_id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
-        let master = unlock(&conn, path, &store_id, cred)?;
-        let keys = Keys::new(path, store_id, master);
+        let keys = match unlock(&conn, path, &store_id, cred)? {
+            Payload::Master(master) => Keys::new(path, store_id, master),
+            Payload::Vaults(vaults) => Keys::scoped(path, store_id, vaults),
+        };
         let state = options
             .state_dir
             .as_ref()
@@ -169,7 +176,8 @@ impl Store {
             Some(Err(_)) if options.allow_rollback => None,
             Some(Err(e)) => return Err(e),
         };
-        let head = head::verified_master(&conn, &store_id, &keys.head_key)
+        let head = keys
+            .verified_head(&conn)
             .map_err(|e| StoreError::from_sqlite_in(path, e))?;
         match seen {
             Some(seen) if head < seen && !options.allow_rollback => {
@@ -227,6 +235,7 @@ impl Store {
         &mut self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, i64, &Keys) -> Result<T>,
     ) -> Result<T> {
+        self.writable()?;
         let keys = &self.keys;
         let sqlite = |e| StoreError::from_sqlite(&keys.path, e);
         let tx = self
@@ -256,6 +265,29 @@ impl Store {
             state.save(&self.keys.state_key, &self.keys.store_id, generation, false);
         }
         Ok(out)
+    }
+
+    /// Refuses to write through a scoped handle (it holds no master key) or to a replica made
+    /// by `bundle apply` (the next bundle would silently undo the write).
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.keys.scope.is_some() {
+            return Err(StoreError::ReadOnly {
+                path: self.keys.path.clone(),
+                reason: "the key given opens only some vaults (a scoped host key), not the store",
+            });
+        }
+        if crate::bundle::is_replica(&self.conn)? {
+            return Err(StoreError::ReadOnly {
+                path: self.keys.path.clone(),
+                reason: "it is a replica applied from a bundle; change the source store and export a new bundle",
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this handle holds only some vault keys (a scoped public-key slot).
+    pub fn is_scoped(&self) -> bool {
+        self.keys.scope.is_some()
     }
 
     // ----- key slots -----
@@ -298,6 +330,57 @@ impl Store {
                     slot.kind,
                     slot.params,
                     slot.wrapped,
+                    records::now_ns(),
+                    label
+                ],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Adds a public-key slot for `recipient` (a host key), wrapping the master key, or with
+    /// `vaults` only those vaults' keys, and returns its id. The host's secret is not needed.
+    pub fn add_recipient_slot(
+        &mut self,
+        recipient: &crate::Recipient,
+        vaults: &[String],
+        label: Option<&str>,
+    ) -> Result<i64> {
+        self.writable()?;
+        if let Some(dup) = self
+            .key_slots()?
+            .iter()
+            .find(|s| s.recipient.as_deref() == Some(recipient.as_str()))
+        {
+            return Err(StoreError::DuplicateKey(dup.id));
+        }
+        let payload = if vaults.is_empty() {
+            Payload::Master(self.keys.master.clone())
+        } else {
+            let mut keys = Vec::new();
+            for name in vaults {
+                let v = self.open_vault(name)?;
+                if !keys.iter().any(|(id, _)| *id == v.info.id) {
+                    keys.push((v.info.id, v.key.clone()));
+                }
+            }
+            keys.sort_by_key(|(id, _)| *id);
+            Payload::Vaults(keys)
+        };
+        let (params_text, wrapped) = crate::recipient::wrap(
+            &self.keys.store_id,
+            &self.keys.slot_key(),
+            recipient,
+            &payload,
+        )?;
+        self.write_txn(|tx, _, _| {
+            tx.execute(
+                "INSERT INTO key_slots (kind, params, wrapped, created_ns, label)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    recipient.kind(),
+                    params_text,
+                    wrapped,
                     records::now_ns(),
                     label
                 ],
@@ -386,7 +469,9 @@ impl Store {
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            out.push(self.keys.open_vault_row(&row)?.info);
+            if self.keys.vault_in_scope(row.id) {
+                out.push(self.keys.open_vault_row(&row)?.info);
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -456,7 +541,7 @@ pub(crate) fn unlock(
     path: &Path,
     store_id: &[u8; 16],
     cred: &Credential,
-) -> Result<Key> {
+) -> Result<Payload> {
     let mut stmt = conn
         .prepare("SELECT kind, params, wrapped FROM key_slots ORDER BY id")
         .map_err(|e| StoreError::from_sqlite(path, e))?;
@@ -465,7 +550,9 @@ pub(crate) fn unlock(
         .collect::<rusqlite::Result<_>>()?;
     slots
         .iter()
-        .find_map(|(kind, params, wrapped)| keyslot::unwrap(store_id, cred, kind, params, wrapped))
+        .find_map(|(kind, params, wrapped)| {
+            keyslot::unwrap_any(store_id, cred, kind, params, wrapped)
+        })
         .ok_or(StoreError::WrongKey)
 }
 
@@ -483,12 +570,13 @@ fn matching_slot(
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
     Ok(slots.iter().find_map(|(id, kind, params, wrapped)| {
-        keyslot::unwrap(store_id, cred, kind, params, wrapped).map(|_| *id)
+        keyslot::unwrap_any(store_id, cred, kind, params, wrapped).map(|_| *id)
     }))
 }
 
 /// A vault row as stored: id, version, the vault key wrapped by the master key, and the vault's
 /// record sealed under the vault key.
+#[derive(Clone, Debug)]
 pub(crate) struct VaultRow {
     pub id: i64,
     pub version: i64,
@@ -554,6 +642,11 @@ impl Keys {
         &self.master
     }
 
+    /// The key of this store's state file (the highest head seen).
+    pub(crate) fn state_key(&self) -> Key {
+        self.state_key.clone()
+    }
+
     /// The master-derived head key.
     pub(crate) fn head_key(&self) -> &Key {
         &self.head_key
@@ -567,7 +660,57 @@ impl Keys {
             head_key: master.derive("vaultfs 2026 master head v2"),
             state_key: master.derive("vaultfs 2026 state file v2"),
             master,
+            scope: None,
         }
+    }
+
+    /// The keys of a scoped public-key slot: some vault keys, no master key. The state file's
+    /// key is derived from the vault keys, so it changes with them (as at `key rotate`).
+    pub(crate) fn scoped(path: &Path, store_id: [u8; 16], vaults: Vec<(i64, Key)>) -> Keys {
+        let mut state = blake3::Hasher::new_derive_key("vaultfs 2026 scoped state file v2");
+        for (id, key) in &vaults {
+            state.update(&id.to_le_bytes());
+            state.update(key.expose());
+        }
+        let placeholder = Key::random();
+        Keys {
+            path: path.to_owned(),
+            store_id,
+            vault_tag_key: placeholder.derive("vaultfs 2026 vault name tag v1"),
+            head_key: placeholder.derive("vaultfs 2026 master head v2"),
+            state_key: Key::from_bytes(*state.finalize().as_bytes()),
+            master: placeholder,
+            scope: Some(vaults),
+        }
+    }
+
+    /// The key that vouches for public-key slots' parameters.
+    pub(crate) fn slot_key(&self) -> Key {
+        self.master.derive("vaultfs 2026 public slot params v1")
+    }
+
+    /// Whether this handle may open vault `id`.
+    pub(crate) fn vault_in_scope(&self, id: i64) -> bool {
+        self.scope
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|(v, _)| *v == id))
+    }
+
+    /// The head, verified with the master-derived key, or for a scoped handle with the head
+    /// key of the first of its vaults that still exists.
+    pub(crate) fn verified_head(&self, conn: &Connection) -> Result<i64> {
+        let Some(scope) = &self.scope else {
+            return head::verified_master(conn, &self.store_id, &self.head_key);
+        };
+        for (id, key) in scope {
+            if let Some(seq) = head::verified(conn, &self.store_id, &vault_head_key(key), *id)? {
+                return Ok(seq);
+            }
+        }
+        Err(StoreError::InvalidOperation(format!(
+            "{}: none of the vaults this key opens exists any more",
+            self.path.display()
+        )))
     }
 
     /// The index tag of a vault name.
@@ -585,6 +728,13 @@ impl Keys {
     }
 
     fn unwrap_vault_key(&self, id: i64, wrapped: &[u8]) -> Result<Key> {
+        if let Some(scope) = &self.scope {
+            return scope
+                .iter()
+                .find(|(v, _)| *v == id)
+                .map(|(_, k)| k.clone())
+                .ok_or_else(|| StoreError::NotInScope(format!("#{id}")));
+        }
         let what = || format!("vault row #{id}");
         let bytes = crypto::open(&self.master, &self.vault_key_aad(id), wrapped)
             .ok_or_else(|| StoreError::Tampered { what: what() })?;
@@ -611,6 +761,24 @@ impl Keys {
 
     /// Finds and opens the vault called `name`.
     pub(crate) fn open_vault_by_name(&self, conn: &Connection, name: &str) -> Result<OpenVault> {
+        if let Some(scope) = &self.scope {
+            // No name-tag key without the master key: open each vault in scope by id.
+            for (id, _) in scope {
+                let row: Option<VaultRow> = conn
+                    .prepare_cached(
+                        "SELECT id, version, wrapped_key, sealed FROM vaults WHERE id = ?1",
+                    )?
+                    .query_row([id], vault_row)
+                    .optional()?;
+                if let Some(row) = row {
+                    let vault = self.open_vault_row(&row)?;
+                    if vault.info.name == name {
+                        return Ok(vault);
+                    }
+                }
+            }
+            return Err(StoreError::NotInScope(name.to_owned()));
+        }
         let tag = crypto::name_tag(&self.vault_tag_key, 0, name);
         let row: Option<VaultRow> = conn
             .prepare_cached(
