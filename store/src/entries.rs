@@ -310,7 +310,15 @@ impl Store {
             )?
             .ok_or_else(|| StoreError::NotFound(addr.to_string()))
         };
-        read().map_err(|e| retag(e, addr))
+        // One snapshot for the lookup and the value (and a template's inputs): a write between
+        // them must not make a secret that exists look missing.
+        let snapshot = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| StoreError::from_sqlite(&self.keys.path, e))?;
+        let out = read().map_err(|e| retag(e, addr));
+        drop(snapshot);
+        out
     }
 
     /// Describes the entry at `addr` (the root when `addr` names the vault).
