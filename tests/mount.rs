@@ -435,6 +435,9 @@ fn a_locked_store_gives_eio_in_bounded_time_then_recovers() {
         assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
     };
     lock(libc::F_WRLCK);
+    // Until the mount's next poll round meets the lock (every 100 ms), an unchanged secret it
+    // already read may be served from the state last verified.
+    std::thread::sleep(Duration::from_millis(300));
     let file = mnt.join("s");
     let result = within(
         Duration::from_secs(15),

@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 mod access;
+mod cache;
 mod driver;
 mod handles;
 mod invalidate;
@@ -17,6 +18,7 @@ pub mod mountinfo;
 mod mountpoint;
 pub mod nss;
 mod refresher;
+mod signal;
 mod unmount;
 mod view;
 mod workers;
