@@ -6,6 +6,7 @@
 //! `bench/run`, which builds in release first. `vaultfs-bench reader ...` runs one reader
 //! workload on any directory and prints JSON.
 
+mod charts;
 mod cli;
 mod compare;
 mod large;
@@ -589,6 +590,53 @@ fn output(cfg: &Config, env: &setup::Env, o: Output) -> Result<()> {
         cfg.out.display(),
         md_path.display()
     ));
+    write_charts(cfg, &sections)
+}
+
+/// The SVG charts, next to the JSON: `<stem>-ops.svg` and `<stem>-rotation.svg`.
+fn write_charts(cfg: &Config, sections: &[Section]) -> Result<()> {
+    let stem = cfg
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "latest".into());
+    let dir = cfg.out.parent().unwrap_or(Path::new("."));
+    let find = |id: &str| sections.iter().find(|s| s.id == id);
+    let charts = [
+        (
+            "ops",
+            find("steady").and_then(|s| {
+                charts::ops_chart(
+                    s,
+                    &format!(
+                        "Steady state: ops/s by system ({} secrets of {VALUE_LEN} B, median of {} repetitions)",
+                        thousands(SMALL),
+                        cfg.reps
+                    ),
+                )
+            }),
+        ),
+        (
+            "rotation",
+            find("rotation").and_then(|s| {
+                charts::rotation_chart(
+                    s,
+                    &format!(
+                        "Rotation latency: write returned → new value read ({} rotations per system)",
+                        cfg.rotations
+                    ),
+                )
+            }),
+        ),
+    ];
+    for (name, svg) in charts {
+        if let Some(svg) = svg {
+            let path = dir.join(format!("{stem}-{name}.svg"));
+            std::fs::write(&path, svg)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            progress(&format!("wrote {}", path.display()));
+        }
+    }
     Ok(())
 }
 
