@@ -135,7 +135,7 @@ impl Store {
             Err(e) => {
                 // Leave nothing half-made behind: a later `init` must be able to start over.
                 drop(conn);
-                for suffix in ["", "-wal", "-shm", "-journal"] {
+                for suffix in ["", "-wal", "-shm", "-journal", ".signal"] {
                     let mut p = path.as_os_str().to_owned();
                     p.push(suffix);
                     let _ = std::fs::remove_file(PathBuf::from(p));
