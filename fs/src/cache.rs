@@ -59,4 +59,14 @@ impl SealedCache {
         inner.total = inner.total - old + len;
         inner.values.insert(id, (version, value.clone()));
     }
+
+    /// Whether an older version of entry `id` than `version` is cached: a secret read before
+    /// its rotation, worth fetching again at once.
+    pub fn holds_older(&self, id: i64, version: i64) -> bool {
+        self.inner
+            .lock()
+            .values
+            .get(&id)
+            .is_some_and(|(v, _)| *v < version)
+    }
 }

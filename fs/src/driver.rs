@@ -244,11 +244,25 @@ impl Shared {
             return Ok(());
         }
         let changes = self.reader.changes_since(known, vault_version)?;
+        // Secrets read before they were rotated are likely read again at once: fetch their new
+        // sealed value here (this thread reads the store anyway), so that open needs no worker.
+        let rotated: Vec<(i64, i64)> = changes
+            .upserts
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && e.size <= crate::cache::MAX_VALUE)
+            .filter(|e| self.cache.holds_older(e.id, e.version))
+            .map(|e| (e.id, e.version))
+            .collect();
         let mut deleted = changes.deleted;
         deleted.extend(changes.damaged.iter().map(|(id, _)| *id));
         self.apply(|tree| tree.apply(changes.generation, changes.vault, changes.upserts, &deleted));
         self.report_damaged(changes.damaged);
         self.render_templates();
+        for (id, version) in rotated {
+            if let Ok(Some(v)) = self.reader.sealed_value(id, version) {
+                self.cache.put(id, version, &Arc::new(v));
+            }
+        }
         Ok(())
     }
 
