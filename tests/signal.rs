@@ -155,3 +155,45 @@ fn a_signal_file_that_is_not_the_owners_is_ignored_and_opens_stay_exact() {
         assert_eq!(std::fs::read(mnt.join("s")).unwrap(), value.as_bytes());
     }
 }
+
+#[test]
+fn ls_shows_a_written_secret_without_waiting_for_the_poll() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("app", &[]);
+    ts.write("app:/first", b"x");
+    let mnt = ts.path("mnt");
+    let _m = ts.mount("app", &mnt);
+    // A listing is answered from the mount's tree without asking the store; the tree follows
+    // the store at each poll (every 100 ms) and, with the signal watched, at once.
+    let mut waits = Vec::new();
+    for i in 0..21 {
+        let name = format!("n{i}");
+        ts.write(&format!("app:/{name}"), b"v");
+        let started = Instant::now();
+        loop {
+            let listed = std::fs::read_dir(&mnt)
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_str() == Some(name.as_str()));
+            if listed {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{name} never listed"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        waits.push(started.elapsed());
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    eprintln!(
+        "write → listed: median {median:?}, worst {:?}",
+        waits.last().unwrap()
+    );
+    // Polling alone gives a median near 50 ms.
+    assert!(median < Duration::from_millis(25), "median {median:?}");
+}

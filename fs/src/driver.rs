@@ -209,6 +209,13 @@ impl Shared {
         }
     }
 
+    /// Asks the refresher for a round without waiting for it (a writer signalled a change).
+    pub(crate) fn request_round(&self) {
+        let mut rounds = self.rounds.lock();
+        rounds.requested += 1;
+        self.round_done.notify_all();
+    }
+
     /// For the refresher thread: waits until a round is asked for or `poll` passes, and
     /// returns the request number the coming round will satisfy.
     pub fn next_round(&self, poll: Duration) -> u64 {

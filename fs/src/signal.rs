@@ -30,7 +30,7 @@ const NONE: u64 = 0;
 #[derive(Debug)]
 pub struct ChangeSignal {
     store: PathBuf,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The open signal file and its (device, inode), once a round found a usable one.
     file: RwLock<Option<(File, (u64, u64))>>,
     /// The token read at the start of the last round that succeeded, or [`NONE`].
@@ -128,6 +128,52 @@ impl ChangeSignal {
                 .map(|opened_id| (f, opened_id)),
             Err(_) => None,
         };
+    }
+}
+
+/// Wakes the refresher as soon as a writer rewrites the signal (inotify on the store's
+/// directory), so `ls`, `stat` and the kernel's caches follow a write at once instead of at the
+/// next poll. Only a hint: inotify is asynchronous, so opens never rely on it (they read the
+/// signal themselves). Ends when the mount does.
+pub fn watch(shared: std::sync::Weak<crate::driver::Shared>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+    let Some((dir, name)) = shared.upgrade().and_then(|s| {
+        let path = &s.signal.path;
+        Some((path.parent()?.to_owned(), path.file_name()?.to_owned()))
+    }) else {
+        return;
+    };
+    let Ok(inotify) = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) else {
+        return;
+    };
+    let mask = AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_MOVED_TO;
+    if inotify.add_watch(&dir, mask).is_err() {
+        return;
+    }
+    loop {
+        // A timeout lets the thread notice that the mount is gone.
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut fds, PollTimeout::from(1000u16));
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if !matches!(ready, Ok(n) if n > 0) {
+            continue;
+        }
+        let Ok(events) = inotify.read_events() else {
+            continue;
+        };
+        if events
+            .iter()
+            .any(|e| e.name.as_deref() == Some(name.as_os_str()))
+        {
+            shared.request_round();
+        }
     }
 }
 
