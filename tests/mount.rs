@@ -420,6 +420,9 @@ fn a_locked_store_gives_eio_in_bounded_time_then_recovers() {
     // A process stuck holding every WAL lock byte of the -shm file blocks even WAL readers:
     // the worst a wedged writer or a hostile same-uid process can do to the store.
     let lock = crate::mounts::WalLock::hold(&ts.store);
+    // Until the mount's next poll round meets the lock (every 100 ms), an unchanged secret it
+    // already read may be served from the state last verified.
+    std::thread::sleep(Duration::from_millis(300));
     let file = mnt.join("s");
     let result = within(
         Duration::from_secs(15),

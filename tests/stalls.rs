@@ -90,6 +90,10 @@ fn a_held_wal_lock_never_stalls_ls_or_stat_and_opens_fail_at_their_deadline() {
     assert_eq!(std::fs::read(mnt.join("s00")).unwrap(), value_of("s00"));
 
     let lock = WalLock::hold(&ts.store);
+    // An unchanged secret read before the lock (s00) may be served from the last verified
+    // state until the mount's next poll round meets the lock (100 ms); after it, every open
+    // waits for the store.
+    std::thread::sleep(Duration::from_millis(300));
     // Far more opens than the mount has request threads (8): none of them may hold one.
     let files: Vec<PathBuf> = names.iter().map(|n| mnt.join(n)).collect();
     let opens = std::thread::spawn(move || concurrent_opens(files));

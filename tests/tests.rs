@@ -28,6 +28,8 @@ mod mount;
 mod handles;
 // Locked, frozen, replaced and removed stores: bounded waits, no stale or mixed state.
 mod stalls;
+// The change signal: opens skip the store round when nothing was written, and stay exact.
+mod signal;
 // Templates: files rendered from secrets at open.
 mod templates;
 // Mountpoints under attack: symlinks, created paths, dead foreign mounts, umount.

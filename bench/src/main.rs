@@ -6,10 +6,17 @@
 //! `bench/run`, which builds in release first. `vaultfs-bench reader ...` runs one reader
 //! workload on any directory and prints JSON.
 
+mod charts;
+mod cli;
 mod compare;
+mod large;
 mod reader;
 mod report;
+mod rotation;
+mod scale;
+mod setup;
 mod stats;
+mod steady;
 mod sys;
 mod targets;
 
@@ -22,8 +29,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::report::{Goal, Metric, Section};
-use crate::stats::{fmt_num, quantile};
+use crate::report::{Goal, Section};
+use crate::stats::quantile;
 use crate::sys::{check_stop, MountGuard};
 use crate::targets::{Gocryptfs, Populate, Vaultfs};
 
@@ -363,438 +370,83 @@ fn run(cfg: Config) -> Result<()> {
 fn run_in(cfg: &Config) -> Result<()> {
     let started = Instant::now();
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let w = &cfg.work;
-    sys::set_log_dir(&w.join("logs"))?;
-    let fs = w.join("fs");
-    let mnt = w.join("mnt");
-    let mut stack = Stack::default();
-    stack.0.push(sys::mount_tmpfs(&fs, "4g")?);
-    let dur = cfg.dur;
-    let mut notes: Vec<String> = Vec::new();
-
-    // ----- setup -----
-    progress(&format!(
-        "setting up in {} (tmpfs; stores and gocryptfs ciphertext live there too)",
-        w.display()
-    ));
-    let plain = fs.join("plain");
-    targets::write_files(&plain.join("small"), "f", SMALL, 4)?;
-    targets::write_files(&plain.join("big"), "e", BIG, 5)?;
+    let mut env = setup::setup(cfg)?;
     check_stop()?;
-    let gc = Gocryptfs::init(&fs.join("gocryptfs-cipher"), &fs.join("gocryptfs-pass"))?;
-    let gc_mnt = mnt.join("gocryptfs");
-    let (g, gc_ready) = gc.mount(&gc_mnt)?;
-    stack.0.push(g);
-    targets::copy_tree(&plain, &gc_mnt)?;
-    check_stop()?;
-
-    let stores = fs.join("stores");
-    std::fs::create_dir_all(&stores)?;
-    let small_db = stores.join("small.db");
-    let big_db = stores.join("big.db");
-    let mut fills: Vec<serde_json::Value> = Vec::new();
-    let mut vfs: Option<Vaultfs> = None;
-    if !cfg.bin.exists() {
-        notes.push(format!(
-            "vaultfs left out: {} does not exist (build it, or set VAULTFS_BIN)",
-            cfg.bin.display()
-        ));
-    } else {
-        match Vaultfs::new(&cfg.bin, &fs.join("key")) {
-            Ok(v) => vfs = Some(v),
-            Err(e) => notes.push(format!("vaultfs left out: {e:#}")),
-        }
-    }
-    let mut vfs_stores = false;
-    if let Some(v) = &vfs {
-        progress(&format!(
-            "vaultfs {} ({}): mount {}, import {}",
-            v.caps.version,
-            v.bin.display(),
-            if v.caps.mount { "yes" } else { "NO" },
-            if v.caps.import { "yes" } else { "no" }
-        ));
-        let mut fill = |db: &Path, vault: &str, src: &Path, n: usize| -> Result<()> {
-            let (took, how) = v.create_store(db, vault, src, cfg.populate)?;
-            progress(&format!(
-                "filled {vault} ({n} secrets) in {:.2} s via {how}",
-                took.as_secs_f64()
-            ));
-            fills.push(
-                json!({"vault": vault, "secrets": n, "secs": took.as_secs_f64(), "how": how}),
-            );
-            Ok(())
-        };
-        match fill(&small_db, "small", &plain.join("small"), SMALL)
-            .and_then(|()| fill(&big_db, "big", &plain.join("big"), BIG))
-        {
-            Ok(()) => vfs_stores = true,
-            Err(e) => notes.push(format!(
-                "vaultfs left out: filling its stores failed: {e:#}"
-            )),
-        }
-    }
-    check_stop()?;
-
-    let mut tgts = vec![
-        Target::new("tmpfs", &plain.join("small"), &plain.join("big"))?,
-        Target::new("gocryptfs", &gc_mnt.join("small"), &gc_mnt.join("big"))?,
-    ];
-    let v_small = mnt.join("vaultfs-small");
-    let v_big = mnt.join("vaultfs-big");
-    let mut vfs_mounted = false;
-    if let (Some(v), true) = (&vfs, vfs_stores) {
-        let mounted = v.mount(&small_db, "small", &v_small).and_then(|(g1, _)| {
-            stack.0.push(g1);
-            let (g2, _) = v.mount(&big_db, "big", &v_big)?;
-            stack.0.push(g2);
-            Target::new("vaultfs", &v_small, &v_big)
-        });
-        match mounted {
-            Ok(t) => {
-                tgts.push(t);
-                vfs_mounted = true;
-            }
-            Err(e) => {
-                let msg = format!(
-                    "vaultfs mount is not available, so the mount workloads show only the baselines: {e:#}"
-                );
-                progress(&msg);
-                notes.push(msg);
-            }
-        }
-    }
-    check_stop()?;
-
-    // ----- the reader's ceiling -----
-    let ceiling = reader::read_files(
-        &tgts[0].small,
-        1,
-        dur.max(Duration::from_millis(500)),
-        Some(VALUE_LEN),
-    )?;
-    progress(&format!(
-        "reader ceiling on tmpfs (1 thread): {} ops/s",
-        fmt_num(ceiling.per_sec())
-    ));
-
-    // ----- steady state: small-file reads, stat, readdir -----
-    let cols: Vec<&str> = vec!["tmpfs", "gocryptfs", "vaultfs"];
-    let ratio_cols = [
-        ("vaultfs ÷ gocryptfs", "vaultfs", "gocryptfs"),
-        ("vaultfs ÷ tmpfs", "vaultfs", "tmpfs"),
-    ];
-    let mut steady = Section::new(
-        "steady",
-        &format!(
-            "Steady state: {} secrets of {VALUE_LEN} B, a {}-entry directory (warm; {} repetitions of {:.1} s, median [min–max])",
-            thousands(SMALL),
-            thousands(BIG),
-            cfg.reps,
-            dur.as_secs_f64()
-        ),
-        &cols,
-        &ratio_cols,
-    );
-    let mut m_read1 = Metric::new("read_1", "small-file read, 1 reader", "ops/s", true);
-    let mut m_readn = Metric::new(
-        "read_n",
-        &format!("small-file read, {} readers (total)", cfg.threads),
-        "ops/s",
-        true,
-    );
-    let mut m_stat = Metric::new(
-        "stat",
-        &format!("stat of every file ({})", thousands(BIG)),
-        "ops/s",
-        true,
-    );
-    let mut m_readdir = Metric::new(
-        "readdir",
-        &format!("readdir of {} entries", thousands(BIG)),
-        "ms",
-        false,
-    );
-    let mut failed: std::collections::BTreeMap<&str, String> = Default::default();
-    for rep in 0..cfg.reps {
-        for t in rotated(&tgts, rep) {
-            if failed.contains_key(t.name) {
-                continue;
-            }
-            let r = (|| -> Result<()> {
-                check_stop()?;
-                reader::read_pass(&t.small, Some(VALUE_LEN))?;
-                let s = reader::read_files(&t.small, 1, dur, Some(VALUE_LEN))?;
-                m_read1.push(t.name, s.per_sec());
-                let s = reader::read_files(&t.small, cfg.threads, dur, Some(VALUE_LEN))?;
-                m_readn.push(t.name, s.per_sec());
-                Ok(())
-            })();
-            if let Err(e) = r {
-                check_stop()?;
-                failed.insert(t.name, format!("{e:#}"));
-            }
-        }
-        for t in rotated(&tgts, rep) {
-            if failed.contains_key(t.name) {
-                continue;
-            }
-            let r = (|| -> Result<()> {
-                check_stop()?;
-                reader::stat_pass(&t.big)?;
-                let s = reader::stat_files(&t.big, dur)?;
-                m_stat.push(t.name, s.per_sec());
-                reader::list_once(&t.big_dir)?;
-                let s = reader::readdir(&t.big_dir, dur, BIG)?;
-                m_readdir.push(t.name, s.ms_per_op());
-                Ok(())
-            })();
-            if let Err(e) = r {
-                check_stop()?;
-                failed.insert(t.name, format!("{e:#}"));
-            }
-        }
-        for m in [&mut m_read1, &mut m_readn, &mut m_stat, &mut m_readdir] {
-            for c in &cols {
-                m.pad(c, rep + 1);
-            }
-        }
-        progress(&format!(
-            "steady state: repetition {}/{} done",
-            rep + 1,
-            cfg.reps
-        ));
-    }
-    for (t, e) in &failed {
-        notes.push(format!("{t} failed during the steady-state workloads: {e}"));
-    }
-    let mut m_scaling = Metric::new(
-        "scaling",
-        &format!("{} readers ÷ 1 reader", cfg.threads),
-        "×",
-        true,
-    );
-    for c in &cols {
-        if let (Some(n), Some(one)) = (m_readn.values.get(*c), m_read1.values.get(*c)) {
-            for (a, b) in n.iter().zip(one) {
-                m_scaling.push(c, a / b);
-            }
-        }
-    }
-    steady
-        .metrics
-        .extend([m_read1, m_readn, m_scaling, m_stat, m_readdir]);
-    if let Some(v) = steady.metric("read_1").and_then(|m| m.summary("vaultfs")) {
-        steady.notes.push(format!(
-            "Reader ceiling: the same reader does {} ops/s on tmpfs (1 thread), {:.1}× the vaultfs figure, so the reader is not what limits vaultfs.",
-            fmt_num(ceiling.per_sec()),
-            ceiling.per_sec() / v.median
-        ));
-    } else {
-        steady.notes.push(format!(
-            "Reader ceiling: the same reader does {} ops/s on tmpfs (1 thread).",
-            fmt_num(ceiling.per_sec())
-        ));
-    }
-    steady.notes.push(format!(
-        "{} cores; {} readers share them with the filesystem daemon.",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        cfg.threads
-    ));
-
-    // ----- CLI: cat of one secret from the 10,000-secret store -----
-    progress("CLI: cat of one secret");
-    let mut cli = Section::new(
-        "cli",
-        &format!(
-            "CLI: one secret from a {}-secret store, wall time per call (median of {} calls per repetition)",
-            thousands(BIG),
-            cfg.cat_calls
-        ),
-        &["cat on tmpfs", "cat on gocryptfs", "vaultfs cat"],
-        &[
-            ("vaultfs ÷ cat on tmpfs", "vaultfs cat", "cat on tmpfs"),
-            ("vaultfs ÷ cat on gocryptfs", "vaultfs cat", "cat on gocryptfs"),
-        ],
-    );
-    let mut m_cat = Metric::new("cat", "cat of one secret", "ms", false);
-    let cat_name = "e05000";
-    let want = targets::content(cat_name);
-    let cat_targets = ["cat on tmpfs", "cat on gocryptfs", "vaultfs cat"];
-    let mut cat_failed: Option<String> = None;
-    for rep in 0..cfg.reps {
-        for t in rotated(&cat_targets, rep) {
+    let (steady, ceiling) = steady::steady(&mut env)?;
+    let cli = cli::cli(&mut env)?;
+    let rot = rotation::rotation(&mut env)?;
+    let (large, tpl) = match large::large(&mut env) {
+        Ok((l, t)) => (Some(l), t),
+        Err(e) => {
             check_stop()?;
-            let mut times = Vec::new();
-            for _ in 0..cfg.cat_calls {
-                let (got, took) = match *t {
-                    "cat on tmpfs" => targets::cat_file(&plain.join("big").join(cat_name))?,
-                    "cat on gocryptfs" => targets::cat_file(&gc_mnt.join("big").join(cat_name))?,
-                    _ => match (&vfs, vfs_stores, &cat_failed) {
-                        (Some(v), true, None) => {
-                            match v.cat(&big_db, &format!("big:/{cat_name}")) {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    cat_failed = Some(format!("{e:#}"));
-                                    break;
-                                }
-                            }
-                        }
-                        _ => break,
-                    },
-                };
-                anyhow::ensure!(got == want, "{t}: wrong value for {cat_name}");
-                times.push(ms(took));
-            }
-            if !times.is_empty() {
-                m_cat.push(t, median(times));
-            }
-        }
-        for c in cat_targets {
-            m_cat.pad(c, rep + 1);
-        }
-    }
-    if let Some(e) = cat_failed {
-        notes.push(format!("vaultfs cat failed: {e}"));
-    }
-    m_cat.note = Some(
-        "each call is a new process; `vaultfs cat` also unlocks the store with the key file".into(),
-    );
-    cli.metrics.push(m_cat);
-
-    // ----- rotation: write, then read through the mount -----
-    progress(&format!("rotation: {} writes", cfg.rotations));
-    let mut rot = Section::new(
-        "rotation",
-        &format!(
-            "Rotation: time from the write returning to the new value being read (N = {})",
-            cfg.rotations
-        ),
-        &["tmpfs", "gocryptfs", "vaultfs"],
-        &[],
-    );
-    let rot_name = "e09999";
-    let mut m_lat = Metric::new(
-        "rotation_latency",
-        "write → new value read: median [min–max]",
-        "ms",
-        false,
-    );
-    let mut m_p99 = Metric::new("rotation_p99", "write → new value read: p99", "ms", false);
-    let mut m_worst = Metric::new(
-        "rotation_worst",
-        &format!("write → new value read: worst of {}", cfg.rotations),
-        "ms",
-        false,
-    );
-    let mut m_stale = Metric::new(
-        "rotation_stale",
-        "first read after the write was stale",
-        "reads",
-        false,
-    );
-    let mut m_write = Metric::new("rotation_write", "the write itself (median)", "ms", false);
-    let mut rot_one =
-        |name: &str, file: &Path, write: &mut dyn FnMut(&[u8]) -> Result<Duration>| -> Result<()> {
-            let mut lat = Vec::with_capacity(cfg.rotations);
-            let mut writes = Vec::with_capacity(cfg.rotations);
-            let mut stale = 0u64;
-            for i in 0..cfg.rotations {
-                check_stop()?;
-                let value = format!("rotated {i:06} {}\n", "x".repeat(i % 32)).into_bytes();
-                writes.push(ms(write(&value)?));
-                let t0 = Instant::now();
-                let mut first = true;
-                loop {
-                    let got = std::fs::read(file)
-                        .with_context(|| format!("{name}: read {}", file.display()))?;
-                    if got == value {
-                        break;
-                    }
-                    if first {
-                        stale += 1;
-                        first = false;
-                    }
-                    if t0.elapsed() > Duration::from_secs(10) {
-                        bail!("{name}: rotation {i}: the new value was not visible after 10 s");
-                    }
-                    std::thread::yield_now();
-                }
-                lat.push(ms(t0.elapsed()));
-            }
-            let mut sorted = lat.clone();
-            sorted.sort_by(f64::total_cmp);
-            m_p99.push(name, quantile(&sorted, 0.99));
-            m_worst.push(name, *sorted.last().unwrap_or(&f64::NAN));
-            m_stale.push(name, stale as f64);
-            m_write.push(name, median(writes));
-            for l in lat {
-                m_lat.push(name, l);
-            }
-            Ok(())
-        };
-    let plain_write = |path: PathBuf| {
-        move |value: &[u8]| -> Result<Duration> {
-            let start = Instant::now();
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, value)?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(start.elapsed())
+            env.notes.push(format!("large secrets failed: {e:#}"));
+            (None, None)
         }
     };
-    let p = plain.join("big").join(rot_name);
-    rot_one("tmpfs", &p, &mut plain_write(p.clone()))?;
-    let p = gc_mnt.join("big").join(rot_name);
-    rot_one("gocryptfs", &p, &mut plain_write(p.clone()))?;
-    match (&vfs, vfs_mounted) {
-        (Some(v), true) => {
-            let addr = format!("big:/{rot_name}");
-            let r = rot_one("vaultfs", &v_big.join(rot_name), &mut |value: &[u8]| {
-                v.write(&big_db, &addr, value)
-            });
-            if let Err(e) = r {
-                check_stop()?;
-                notes.push(format!("vaultfs rotation failed: {e:#}"));
-            }
-        }
-        _ => notes.push("rotation: vaultfs left out (no vaultfs mount)".into()),
-    }
-    rot.notes.push(
-        "tmpfs and gocryptfs are written in-process (write a temporary file, rename it over the old one); vaultfs with `vaultfs write ADDR` (a new process), timed from its exit.".into(),
-    );
-    rot.metrics
-        .extend([m_lat, m_p99, m_worst, m_stale, m_write]);
-
     // The steady-state mounts are no longer needed; unmount them now and check that they go.
-    while let Some(mut g) = stack.0.pop() {
-        if g.label == "tmpfs" {
-            stack.0.push(g);
-            break;
-        }
-        if let Err(e) = g.unmount() {
-            notes.push(format!("unmount: {e:#}"));
-        }
-    }
+    env.unmount_all_but_tmpfs();
 
-    // ----- scale -----
     let mut scale_sec: Option<Section> = None;
     if cfg.skip_scale {
-        notes.push("scale workload skipped (--skip-scale)".into());
-    } else if let (Some(v), true) = (&vfs, vfs_mounted) {
-        match scale(cfg, v, &gc, &fs, &mnt, &small_db, &mut fills, &mut notes) {
+        env.notes
+            .push("scale workload skipped (--skip-scale)".into());
+    } else if env.vfs_mounted {
+        let v = env.vfs.as_ref().expect("mounted");
+        match scale::scale(
+            cfg,
+            v,
+            &env.gc,
+            &env.fs,
+            &env.mnt,
+            &env.small_db,
+            &mut env.fills,
+            &mut env.notes,
+        ) {
             Ok(s) => scale_sec = Some(s),
             Err(e) => {
                 check_stop()?;
-                notes.push(format!("scale workload failed: {e:#}"));
+                env.notes.push(format!("scale workload failed: {e:#}"));
             }
         }
     } else {
-        notes.push("scale workload left out: it needs a vaultfs mount".into());
+        env.notes
+            .push("scale workload left out: it needs a vaultfs mount".into());
     }
+    let goals = goals(cfg, &steady, scale_sec.as_ref(), &rot, tpl.as_ref());
 
-    // ----- goals -----
+    let mut sections = vec![steady];
+    sections.extend(scale_sec);
+    sections.push(cli);
+    sections.push(rot);
+    sections.extend(large);
+    sections.extend(tpl);
+    let out = Output {
+        started,
+        load_start,
+        ceiling: ceiling.per_sec(),
+        sections,
+        goals,
+    };
+    output(cfg, &env, out)
+}
+
+/// What the run produced, for [`output`].
+struct Output {
+    started: Instant,
+    load_start: String,
+    ceiling: f64,
+    sections: Vec<Section>,
+    goals: Vec<Goal>,
+}
+
+/// The goals of the performance issues, as medians (not assertions).
+fn goals(
+    cfg: &Config,
+    steady: &Section,
+    scale_sec: Option<&Section>,
+    rot: &Section,
+    tpl: Option<&Section>,
+) -> Vec<Goal> {
     let mut goals = vec![
         Goal::at_least(
             "small-file read ≥ 1.5× gocryptfs",
@@ -812,7 +464,7 @@ fn run_in(cfg: &Config) -> Result<()> {
         ),
     ];
     let scale_label = format!("vaultfs {}k", cfg.scale / 1000);
-    if let Some(s) = &scale_sec {
+    if let Some(s) = scale_sec {
         goals.push(Goal::below(
             &format!("{} vault ready < 2 s", fmt_count(cfg.scale)),
             s.metric("ready").and_then(|m| m.summary(&scale_label)),
@@ -845,11 +497,35 @@ fn run_in(cfg: &Config) -> Result<()> {
         }
     }
 
-    // ----- output -----
-    let mut sections = vec![steady, cli, rot];
-    if let Some(s) = scale_sec {
-        sections.insert(1, s);
-    }
+    goals.push(Goal::at_least(
+        "small-file read ≥ 0.11× tmpfs",
+        steady
+            .metric("read_1")
+            .and_then(|m| m.ratio("vaultfs", "tmpfs")),
+        "×",
+        0.11,
+    ));
+    goals.push(Goal::below(
+        "stale first reads after a write = 0",
+        rot.metric("rotation_stale")
+            .and_then(|m| m.summary("vaultfs")),
+        "reads",
+        0.5,
+    ));
+    let _ = tpl;
+    goals
+}
+
+/// Prints the Markdown tables and writes the JSON and Markdown results.
+fn output(cfg: &Config, env: &setup::Env, o: Output) -> Result<()> {
+    let Output {
+        started,
+        load_start,
+        ceiling,
+        sections,
+        goals,
+    } = o;
+    let (vfs, gc_ready, fills, notes) = (env.vfs.as_ref(), env.gc_ready, &env.fills, &env.notes);
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut md = String::new();
     md.push_str(&format!(
@@ -887,7 +563,7 @@ fn run_in(cfg: &Config) -> Result<()> {
     }
     if !notes.is_empty() {
         md.push_str("\n### Notes\n\n");
-        for n in &notes {
+        for n in notes {
             md.push_str(&format!("- {n}\n"));
         }
     }
@@ -895,9 +571,9 @@ fn run_in(cfg: &Config) -> Result<()> {
 
     let j = json!({
         "schema": "vaultfs-bench/1",
-        "meta": meta(cfg, &load_start, &load_end, started.elapsed(), vfs.as_ref(), gc_ready),
+        "meta": meta(cfg, &load_start, &load_end, started.elapsed(), vfs, gc_ready),
         "fills": fills,
-        "reader_ceiling_ops_per_sec": ceiling.per_sec(),
+        "reader_ceiling_ops_per_sec": ceiling,
         "sections": sections.iter().map(Section::to_json).collect::<Vec<_>>(),
         "goals": goals.iter().map(Goal::to_json).collect::<Vec<_>>(),
         "notes": notes,
@@ -914,6 +590,53 @@ fn run_in(cfg: &Config) -> Result<()> {
         cfg.out.display(),
         md_path.display()
     ));
+    write_charts(cfg, &sections)
+}
+
+/// The SVG charts, next to the JSON: `<stem>-ops.svg` and `<stem>-rotation.svg`.
+fn write_charts(cfg: &Config, sections: &[Section]) -> Result<()> {
+    let stem = cfg
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "latest".into());
+    let dir = cfg.out.parent().unwrap_or(Path::new("."));
+    let find = |id: &str| sections.iter().find(|s| s.id == id);
+    let charts = [
+        (
+            "ops",
+            find("steady").and_then(|s| {
+                charts::ops_chart(
+                    s,
+                    &format!(
+                        "Steady state: ops/s by system ({} secrets of {VALUE_LEN} B, median of {} repetitions)",
+                        thousands(SMALL),
+                        cfg.reps
+                    ),
+                )
+            }),
+        ),
+        (
+            "rotation",
+            find("rotation").and_then(|s| {
+                charts::rotation_chart(
+                    s,
+                    &format!(
+                        "Rotation latency: write returned → new value read ({} rotations per system)",
+                        cfg.rotations
+                    ),
+                )
+            }),
+        ),
+    ];
+    for (name, svg) in charts {
+        if let Some(svg) = svg {
+            let path = dir.join(format!("{stem}-{name}.svg"));
+            std::fs::write(&path, svg)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            progress(&format!("wrote {}", path.display()));
+        }
+    }
     Ok(())
 }
 
@@ -936,143 +659,6 @@ fn fmt_count(n: usize) -> String {
     } else {
         n.to_string()
     }
-}
-
-/// The scale workload: a vault of `cfg.scale` secrets against the 1,000-secret vault and
-/// gocryptfs, each mounted afresh in every repetition.
-#[allow(clippy::too_many_arguments)]
-fn scale(
-    cfg: &Config,
-    v: &Vaultfs,
-    gc: &Gocryptfs,
-    fs: &Path,
-    mnt: &Path,
-    small_db: &Path,
-    fills: &mut Vec<serde_json::Value>,
-    notes: &mut Vec<String>,
-) -> Result<Section> {
-    progress(&format!("scale: writing {} files", cfg.scale));
-    let src = fs.join("scale");
-    // The same 1,000 small files at the root, and the rest in directories of 1,000.
-    targets::write_files(&src, "f", SMALL, 4)?;
-    let mut left = cfg.scale - SMALL;
-    let mut d = 0;
-    while left > 0 {
-        let n = left.min(1000);
-        targets::write_files(&src.join(format!("d{d:03}")), "g", n, 3)?;
-        left -= n;
-        d += 1;
-        check_stop()?;
-    }
-    let scale_db = fs.join("stores").join("scale.db");
-    let (took, how) = v.create_store(&scale_db, "scale", &src, cfg.populate)?;
-    progress(&format!(
-        "filled scale ({} secrets) in {:.2} s via {how}",
-        cfg.scale,
-        took.as_secs_f64()
-    ));
-    fills.push(
-        json!({"vault": "scale", "secrets": cfg.scale, "secs": took.as_secs_f64(), "how": how}),
-    );
-
-    let big_label = format!("vaultfs {}k", cfg.scale / 1000);
-    let tmpfs_label = format!("tmpfs {}k", cfg.scale / 1000);
-    let cols = [
-        "vaultfs 1k",
-        big_label.as_str(),
-        "gocryptfs",
-        tmpfs_label.as_str(),
-    ];
-    let mut sec = Section::new(
-        "scale",
-        &format!(
-            "Scale: a vault of {} secrets against the {}-secret vault (each mounted afresh per repetition; reads of the same {} files)",
-            thousands(cfg.scale),
-            thousands(SMALL),
-            thousands(SMALL)
-        ),
-        &cols,
-        &[
-            (&format!("{} ÷ 1k", fmt_count(cfg.scale)), big_label.as_str(), "vaultfs 1k"),
-            (&format!("{} ÷ gocryptfs", fmt_count(cfg.scale)), big_label.as_str(), "gocryptfs"),
-        ],
-    );
-    let mut m_ready = Metric::new("ready", "mount → ready (key file)", "s", false);
-    let mut m_first = Metric::new("first_read", "first read after ready", "ms", false);
-    let mut m_rss = Metric::new("rss", "daemon RSS after mount", "MiB", false);
-    let mut m_hwm = Metric::new("rss_peak", "daemon peak RSS after the reads", "MiB", false);
-    let mut m_read = Metric::new("read", "small-file read, 1 reader", "ops/s", true);
-    let which = ["vaultfs 1k", "scale", "gocryptfs"];
-    let tmpfs_files = reader::list_files(&src)?;
-    for rep in 0..cfg.reps {
-        for t in rotated(&which, rep) {
-            check_stop()?;
-            let (label, mp) = match *t {
-                "vaultfs 1k" => ("vaultfs 1k", mnt.join("scale-v1k")),
-                "scale" => (big_label.as_str(), mnt.join("scale-vbig")),
-                _ => ("gocryptfs", mnt.join("scale-gocryptfs")),
-            };
-            let (mut guard, took) = match *t {
-                "vaultfs 1k" => v.mount(small_db, "small", &mp)?,
-                "scale" => v.mount(&scale_db, "scale", &mp)?,
-                _ => gc.mount(&mp)?,
-            };
-            m_ready.push(label, took.as_secs_f64());
-            let daemon = guard.daemon;
-            if let Some((rss, _)) = daemon.and_then(sys::rss_kib) {
-                m_rss.push(label, mib(rss));
-            }
-            let dir = if *t == "gocryptfs" {
-                mp.join("small")
-            } else {
-                mp.clone()
-            };
-            let first = reader::c_path(&dir.join("f0000"))?;
-            let t0 = Instant::now();
-            reader::read_whole(&first, &mut [0u8; 4096])?;
-            m_first.push(label, ms(t0.elapsed()));
-            let files = reader::list_files(&dir)?;
-            anyhow::ensure!(
-                files.len() == SMALL,
-                "{label}: {} files at {}",
-                files.len(),
-                dir.display()
-            );
-            reader::read_pass(&files, Some(VALUE_LEN))?;
-            let s = reader::read_files(&files, 1, cfg.dur, Some(VALUE_LEN))?;
-            m_read.push(label, s.per_sec());
-            if let Some((_, hwm)) = daemon.and_then(sys::rss_kib) {
-                m_hwm.push(label, mib(hwm));
-            }
-            if let Err(e) = guard.unmount() {
-                notes.push(format!("scale: unmount: {e:#}"));
-            }
-        }
-        check_stop()?;
-        let s = reader::read_files(&tmpfs_files, 1, cfg.dur, Some(VALUE_LEN))?;
-        m_read.push(&tmpfs_label, s.per_sec());
-        for m in [
-            &mut m_ready,
-            &mut m_first,
-            &mut m_rss,
-            &mut m_hwm,
-            &mut m_read,
-        ] {
-            for c in &cols {
-                m.pad(c, rep + 1);
-            }
-        }
-        progress(&format!("scale: repetition {}/{} done", rep + 1, cfg.reps));
-    }
-    sec.metrics.extend([m_ready, m_first, m_rss, m_hwm, m_read]);
-    sec.notes.push(format!(
-        "gocryptfs: the same {} files in its {}-file tree. Its mount time includes scrypt (N=2^16) on the password, and its RSS up to 64 MiB of scrypt scratch memory, which Go returns to the system lazily (hence RSS after mount is either ~11 or ~74 MiB). The {}-secret store was filled via {how} in {:.1} s.",
-        thousands(SMALL),
-        thousands(SMALL + BIG),
-        thousands(cfg.scale),
-        took.as_secs_f64()
-    ));
-    Ok(sec)
 }
 
 fn meta(

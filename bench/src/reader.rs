@@ -203,6 +203,46 @@ pub fn read_files(
     })
 }
 
+/// Sequential whole-file reads of one (large) file for `dur`, with a 128 KiB buffer (as `cat`
+/// uses). `cold`: before each read the file's cached pages are dropped (`posix_fadvise`
+/// DONTNEED), so a FUSE filesystem decrypts again; on tmpfs the pages are the file, so the
+/// call changes nothing there. Returns the bytes read and the time taken.
+pub fn read_big(path: &CStr, expect: usize, dur: Duration, cold: bool) -> Result<(u64, f64)> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let mut reads = 0u32;
+    // At least two reads, so that one slow first read does not stand alone.
+    while reads < 2 || (start.elapsed() < dur && !stopped()) {
+        if cold {
+            drop_cache(path)?;
+        }
+        let got = read_whole(path, &mut buf)?;
+        anyhow::ensure!(
+            got == expect,
+            "{}: read {got} bytes, expected {expect}",
+            path.to_string_lossy()
+        );
+        bytes += got as u64;
+        reads += 1;
+    }
+    Ok((bytes, start.elapsed().as_secs_f64()))
+}
+
+/// Drops the clean cached pages of `path`.
+fn drop_cache(path: &CStr) -> Result<()> {
+    // SAFETY: path is NUL-terminated; the fd is closed before returning.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(os_err("open", path));
+        }
+        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
+        libc::close(fd);
+    }
+    Ok(())
+}
+
 /// stat(2) of every file in turn for `dur`.
 pub fn stat_files(files: &[CString], dur: Duration) -> Result<Sample> {
     anyhow::ensure!(!files.is_empty(), "no files to stat");

@@ -146,6 +146,7 @@ pub struct Capabilities {
     pub version: String,
     pub mount: bool,
     pub import: bool,
+    pub template: bool,
 }
 
 /// The vaultfs binary under test and the key file that unlocks every bench store.
@@ -186,6 +187,7 @@ impl Vaultfs {
             version,
             mount: has("mount") && has("umount"),
             import: has("import"),
+            template: has("template"),
         })
     }
 
@@ -359,6 +361,32 @@ impl Vaultfs {
             );
         }
         Ok(took)
+    }
+
+    /// `vaultfs template set ADDR` with `text` on stdin.
+    pub fn template_set(&self, store: &Path, addr: &str, text: &str) -> Result<()> {
+        let mut child = self
+            .cmd(store)
+            .args(["template", "set", addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run vaultfs template set")?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())
+            .context("vaultfs template set: stdin")?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "vaultfs template set {addr} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// `vaultfs cat ADDR`: the value and how long the command took.

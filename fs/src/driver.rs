@@ -30,8 +30,10 @@ use vaultfs_store::template::Template;
 use vaultfs_store::{EntryKind, SecretBytes, StoreError, VaultPath, VaultReader};
 
 use crate::access::{self, Caller};
+use crate::cache::SealedCache;
 use crate::handles::{Content, Handles, OpenFile};
 use crate::invalidate::Invalidator;
+use crate::signal::ChangeSignal;
 use crate::view::{is_version_ino, Node, Render, Stale, Tree};
 use crate::workers::{WorkerError, Workers};
 
@@ -112,6 +114,10 @@ pub struct Shared {
     pub(crate) vault_gone: AtomicBool,
     /// Reports changed bytes to the mount's caller, when it asked.
     changes: Option<crate::changes::Tracker>,
+    /// Whether a writer committed since the last round: opens skip the round when not.
+    pub(crate) signal: ChangeSignal,
+    /// Sealed values of small secrets, so unchanged opens need no store worker.
+    cache: SealedCache,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +147,7 @@ impl Shared {
     ) -> Result<Shared, StoreError> {
         let store_file = file_identity(reader.store_path());
         let changes = options.on_change.clone().map(crate::changes::Tracker::new);
+        let signal = ChangeSignal::new(reader.store_path());
         let snap = reader.snapshot()?;
         let tree = Tree::new(snap.generation, snap.vault, snap.entries, source.clone());
         let pool = |name, threads, queue| {
@@ -170,6 +177,8 @@ impl Shared {
             store_replaced: AtomicBool::new(false),
             vault_gone: AtomicBool::new(false),
             changes,
+            signal,
+            cache: SealedCache::default(),
         };
         shared.report_damaged(snap.damaged);
         shared.render_templates();
@@ -210,6 +219,13 @@ impl Shared {
         }
     }
 
+    /// Asks the refresher for a round without waiting for it (a writer signalled a change).
+    pub(crate) fn request_round(&self) {
+        let mut rounds = self.rounds.lock();
+        rounds.requested += 1;
+        self.round_done.notify_all();
+    }
+
     /// For the refresher thread: waits until a round is asked for or `poll` passes, and
     /// returns the request number the coming round will satisfy.
     pub fn next_round(&self, poll: Duration) -> u64 {
@@ -245,11 +261,25 @@ impl Shared {
             return Ok(());
         }
         let changes = self.reader.changes_since(known, vault_version)?;
+        // Secrets read before they were rotated are likely read again at once: fetch their new
+        // sealed value here (this thread reads the store anyway), so that open needs no worker.
+        let rotated: Vec<(i64, i64)> = changes
+            .upserts
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && e.size <= crate::cache::MAX_VALUE)
+            .filter(|e| self.cache.holds_older(e.id, e.version))
+            .map(|e| (e.id, e.version))
+            .collect();
         let mut deleted = changes.deleted;
         deleted.extend(changes.damaged.iter().map(|(id, _)| *id));
         self.apply(|tree| tree.apply(changes.generation, changes.vault, changes.upserts, &deleted));
         self.report_damaged(changes.damaged);
         self.render_templates();
+        for (id, version) in rotated {
+            if let Ok(Some(v)) = self.reader.sealed_value(id, version) {
+                self.cache.put(id, version, &Arc::new(v));
+            }
+        }
         if let Some(c) = &self.changes {
             c.mark_due();
         }
@@ -486,6 +516,41 @@ impl Shared {
         Ok(())
     }
 
+    /// An open that needs no waiting, done on the request thread: no write since the last
+    /// round (so the tree is current) and the version's sealed value cached. `None` when the
+    /// open must go to an opener thread; decided before the caller is checked, so each open
+    /// is checked (and logged) once.
+    pub(crate) fn open_now(
+        &self,
+        caller: Caller,
+        ino: INodeNo,
+        flags: OpenFlags,
+    ) -> Option<Result<(FileHandle, FopenFlags), Errno>> {
+        if ino == INodeNo::ROOT || !self.signal.unchanged() {
+            return None;
+        }
+        let tree = self.tree();
+        let node = tree.node(ino)?;
+        if node.is_dir() || node.kind == EntryKind::Template {
+            return None;
+        }
+        let value = self.cache.get(node.id, node.version)?;
+        if let Err(e) = self.check_open(caller, &tree, node, flags) {
+            return Some(Err(e));
+        }
+        let file = OpenFile {
+            ino,
+            id: node.id,
+            version: node.version,
+            caller,
+            attr: node.attr(ino),
+            value: Content::Sealed(value),
+        };
+        drop(tree);
+        let fh = self.handles.insert(file);
+        Some(Ok((fh, FopenFlags::FOPEN_KEEP_CACHE)))
+    }
+
     /// The whole open of a secret, as an errno on failure.
     pub(crate) fn open_file(
         &self,
@@ -495,7 +560,13 @@ impl Shared {
     ) -> Result<(FileHandle, FopenFlags), Errno> {
         let shared = self;
         let deadline = Instant::now() + shared.options.open_timeout;
-        match shared.wait_for_refresh(deadline) {
+        // No write since the last round: the tree is current without asking for one.
+        let freshness = if shared.signal.unchanged() {
+            Freshness::Fresh
+        } else {
+            shared.wait_for_refresh(deadline)
+        };
+        match freshness {
             Freshness::Fresh => {}
             // The refresher logs the store's trouble once; every open would repeat it.
             Freshness::Failed => return Err(Errno::EIO),
@@ -529,7 +600,17 @@ impl Shared {
             }
             (node.id, node.version, node.attr(ino), tree.path(node))
         };
-        let value = match shared.fetch(id, version, deadline) {
+        let fetched = match shared.cache.get(id, version) {
+            Some(value) => Ok(Some(value)),
+            None => shared.fetch(id, version, deadline).map(|v| {
+                v.map(|v| {
+                    let v = Arc::new(v);
+                    shared.cache.put(id, version, &v);
+                    v
+                })
+            }),
+        };
+        let value = match fetched {
             Ok(Some(value)) => Content::Sealed(value),
             // Rewritten since the refresh: walk again.
             Ok(None) => return Err(Errno::ESTALE),
@@ -697,6 +778,10 @@ impl Filesystem for VaultFs {
         // A miss may be a secret created since the last refresh: look again after one, which
         // the refresher thread makes so this never waits on the store for long.
         let attr = find().or_else(|| {
+            if self.shared.signal.unchanged() {
+                // Nothing was written since the last round: a miss is a miss.
+                return None;
+            }
             self.shared
                 .wait_for_refresh(Instant::now() + LOOKUP_MISS_WAIT);
             find()
@@ -734,8 +819,14 @@ impl Filesystem for VaultFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // The open waits (bounded) for the store on an opener thread, so this request
         // thread is free at once for the next request, an `ls` or a `stat` say.
-        let shared = self.shared.clone();
         let caller = Self::caller(req);
+        if let Some(outcome) = self.shared.open_now(caller, ino, flags) {
+            return match outcome {
+                Ok((fh, cache)) => reply.opened(fh, cache),
+                Err(e) => reply.error(e),
+            };
+        }
+        let shared = self.shared.clone();
         let slot = Arc::new(Mutex::new(Some(reply)));
         let mine = slot.clone();
         let handed = self.shared.openers.spawn(move || {

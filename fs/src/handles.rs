@@ -37,7 +37,7 @@ pub struct OpenFile {
 #[derive(Debug)]
 pub enum Content {
     /// A secret's version, still sealed: reads decrypt only the chunks they return.
-    Sealed(SealedValue),
+    Sealed(std::sync::Arc<SealedValue>),
     /// A template rendered at open, wiped when the handle closes.
     Rendered(SecretBytes),
 }

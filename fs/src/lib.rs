@@ -6,10 +6,11 @@
 //! its version's ciphertext and decrypts only the chunks a read returns. ARCHITECTURE.md at the
 //! repository's root describes the read path and the threads.
 #![deny(missing_docs)]
-// Every syscall goes through nix's safe wrappers.
+// Every syscall goes through nix's safe wrappers but one (`nowait`: preadv2 with RWF_NOWAIT).
 #![deny(unsafe_code)]
 
 mod access;
+mod cache;
 pub mod changes;
 mod driver;
 mod handles;
@@ -17,8 +18,10 @@ mod invalidate;
 mod mount;
 pub mod mountinfo;
 mod mountpoint;
+mod nowait;
 pub mod nss;
 mod refresher;
+mod signal;
 mod unmount;
 mod view;
 mod workers;

@@ -437,6 +437,14 @@ pub fn mount(
         .name("vaultfs-refresh".into())
         .spawn(move || refresher::run(weak))
         .map_err(give_up)?;
+    // Optional: without it, changes still reach `ls` within the poll interval.
+    let weak = Arc::downgrade(&shared);
+    if let Err(e) = std::thread::Builder::new()
+        .name("vaultfs-watch".into())
+        .spawn(move || crate::signal::watch(weak))
+    {
+        tracing::debug!("no watcher of the change signal: {e}");
+    }
     Ok(Mounted {
         session,
         place,

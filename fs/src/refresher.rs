@@ -29,7 +29,10 @@ pub fn run(shared: Weak<Shared>) {
             return;
         };
         let round = shared.next_round(POLL_INTERVAL);
+        // The token before the store is read: a write signalled after this is not covered.
+        let token = shared.signal.round_start();
         let result = round_of(&shared);
+        shared.signal.round_end(result.is_ok().then_some(token));
         shared.finish_round(round, result.is_ok());
         shared.report_changes();
         match result {

@@ -94,7 +94,14 @@ struct Cleanup {
 }
 
 /// What the demo creates in its directory.
-const DEMO_FILES: [&str; 5] = ["key", "store.db", "store.db-wal", "store.db-shm", "mnt"];
+const DEMO_FILES: [&str; 6] = [
+    "key",
+    "store.db",
+    "store.db-wal",
+    "store.db-shm",
+    "store.db.signal",
+    "mnt",
+];
 
 impl Cleanup {
     fn run(&mut self) -> Result<()> {

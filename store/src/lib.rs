@@ -64,6 +64,7 @@ mod records;
 mod rotate;
 mod rows;
 mod secret;
+pub mod signal;
 mod store;
 mod sys;
 pub mod template;

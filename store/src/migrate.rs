@@ -83,6 +83,7 @@ pub fn migrate(path: &Path, cred: &Credential) -> Result<Migrated> {
         .map_err(|e| StoreError::from_sqlite(path, e))?;
     let done = upgrade_v1(&tx, &keys).map_err(|e| StoreError::from_sqlite_in(path, e))?;
     tx.commit().map_err(|e| StoreError::from_sqlite(path, e))?;
+    let _ = crate::signal::bump(path);
     Ok(done)
 }
 

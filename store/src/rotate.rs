@@ -160,6 +160,7 @@ impl Store {
         };
         let (rotated, seq) = work().map_err(|e| StoreError::from_sqlite_in(&path, e))?;
         tx.commit().map_err(|e| StoreError::from_sqlite(&path, e))?;
+        self.signal_change();
         self.replace_keys(new_keys, seq);
         Ok(rotated)
     }

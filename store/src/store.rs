@@ -140,7 +140,7 @@ impl Store {
             Err(e) => {
                 // Leave nothing half-made behind: a later `init` must be able to start over.
                 drop(conn);
-                for suffix in ["", "-wal", "-shm", "-journal"] {
+                for suffix in ["", "-wal", "-shm", "-journal", ".signal"] {
                     let mut p = path.as_os_str().to_owned();
                     p.push(suffix);
                     let _ = std::fs::remove_file(PathBuf::from(p));
@@ -216,6 +216,18 @@ impl Store {
         }
     }
 
+    /// Tells mounts that something committed (see `signal.rs`), before the command returns.
+    /// A failure is logged, not returned: the commit stands, and mounts still see it within
+    /// their poll interval.
+    pub(crate) fn signal_change(&self) {
+        if let Err(e) = crate::signal::bump(&self.keys.path) {
+            tracing::warn!(
+                "{}: cannot signal the change to mounts ({e}); they see it within their poll interval",
+                crate::signal::path_of(&self.keys.path).display()
+            );
+        }
+    }
+
     /// The store head (its authenticated change counter) as last verified or committed.
     pub fn head(&self) -> i64 {
         self.head_seen
@@ -260,6 +272,7 @@ impl Store {
             })
             .map_err(|e| StoreError::from_sqlite_in(&keys.path, e))?;
         tx.commit().map_err(sqlite)?;
+        self.signal_change();
         self.head_seen = generation;
         if let Some(state) = &self.state {
             state.save(&self.keys.state_key, &self.keys.store_id, generation, false);

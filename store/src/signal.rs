@@ -1,0 +1,119 @@
+//! The change signal: `<store>.signal`, a small file of our own next to the store that every
+//! writer rewrites after each commit, before its command returns.
+//!
+//! Why: a mount daemon must make "the next open after a write returned sees the new value"
+//! exact, and asking SQLite for the head on every open costs a read transaction and a thread
+//! hand-off. Reading 8 bytes of this file costs one `pread`, and the daemon only needs to know
+//! whether anything committed since its last verified look at the head; when nothing did, the
+//! head it verified then is still current.
+//!
+//! Each writer stores a fresh random token (not a counter: concurrent writers need no lock to
+//! make a value nobody saw before, and equal tokens mean "no write since"). The file carries
+//! no secret and is not trusted: someone who can write it can freeze or forge it, which only
+//! delays what a mount sees until its next periodic look at the authenticated head (the
+//! refresher's poll). SQLite's own files are never opened here (closing a descriptor of one
+//! would drop SQLite's POSIX locks); this file is not one of them.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The signal file of the store at `store`: `<store>.signal`.
+pub fn path_of(store: &Path) -> PathBuf {
+    let mut p = OsString::from(store.as_os_str());
+    p.push(".signal");
+    PathBuf::from(p)
+}
+
+/// Writes a fresh token into the signal file of `store`, creating it (mode 0600, owned like
+/// the store) if it is missing. Called after a commit, so a reader that sees the new token and
+/// then reads the head sees that commit.
+pub fn bump(store: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let path = path_of(store);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    // A store written by root on behalf of its owner: keep the file the owner's, so the
+    // owner's own writes can still bump it.
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(store_meta) = std::fs::metadata(store) {
+            if meta.uid() != store_meta.uid() || meta.gid() != store_meta.gid() {
+                let _ = std::os::unix::fs::fchown(
+                    &file,
+                    Some(store_meta.uid()),
+                    Some(store_meta.gid()),
+                );
+            }
+        }
+    }
+    let mut token = [0u8; 8];
+    getrandom::fill(&mut token).map_err(|e| io::Error::other(e.to_string()))?;
+    file.write_all_at(&token, 0)
+}
+
+/// Reads the token of the signal file `file` (opened by the caller), `None` if it is shorter
+/// than a token (never written).
+pub fn read(file: &std::fs::File) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let mut token = [0u8; 8];
+    let n = file.read_at(&mut token, 0)?;
+    Ok((n == token.len()).then(|| u64::from_le_bytes(token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn every_bump_is_a_new_token_and_the_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store.db");
+        std::fs::write(&store, b"").unwrap();
+        let path = path_of(&store);
+        assert_eq!(path, dir.path().join("store.db.signal"));
+        bump(&store).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let a = read(&file).unwrap().unwrap();
+        bump(&store).unwrap();
+        let b = read(&file).unwrap().unwrap();
+        assert_ne!(a, b, "a bump must change the token");
+        assert_eq!(file.metadata().unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_symlink_in_its_place_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store.db");
+        std::fs::write(&store, b"").unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, path_of(&store)).unwrap();
+        assert!(bump(&store).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn an_empty_file_has_no_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, b"").unwrap();
+        assert_eq!(read(&std::fs::File::open(&p).unwrap()).unwrap(), None);
+    }
+}
