@@ -507,4 +507,35 @@ pub enum AclCommand {
         #[arg(long)]
         mode: Option<String>,
     },
+    /// Give one more user or group read access to an entry and everything below it,
+    /// optionally only for the processes of one systemd unit or one executable
+    #[command(
+        after_help = "Examples:\n  vaultfs acl grant web:/tls --user nginx --unit nginx.service\n  vaultfs acl grant ssh:/deploy_key --group deploy --exe /usr/bin/ssh"
+    )]
+    Grant(GrantArgs),
+    /// Remove a grant set on this entry (a grant inherited from above is revoked there)
+    #[command(
+        after_help = "Example:\n  vaultfs acl revoke web:/tls --user nginx --unit nginx.service"
+    )]
+    Revoke(GrantArgs),
+}
+
+/// A grant as written on the command line.
+#[derive(clap::Args, Debug)]
+pub struct GrantArgs {
+    /// VAULT:/PATH (a directory or a secret)
+    pub address: String,
+    /// The user granted read access
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub user: Option<String>,
+    /// The group granted read access
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only processes of this systemd unit: a system unit name (nginx.service, meaning
+    /// /system.slice/nginx.service) or a full cgroup path
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// Only processes running this executable (matched by device and inode at each open)
+    #[arg(long)]
+    pub exe: Option<String>,
 }

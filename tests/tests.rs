@@ -30,3 +30,5 @@ mod clients;
 mod nixos;
 // The README's CLI tour, run as written.
 mod readme_tour;
+// Grants, service identity, expiry and read limits.
+mod policy;

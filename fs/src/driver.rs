@@ -316,6 +316,15 @@ impl Shared {
         });
     }
 
+    /// Hides the secrets whose expiry has come: by time, not only when the store changes.
+    pub(crate) fn expire_due(&self) {
+        let now = crate::view::now_ns();
+        // Most rounds have nothing due: a read lock answers that without blocking opens.
+        if self.tree().has_due(now) {
+            self.apply(|tree| tree.expire(now));
+        }
+    }
+
     fn apply(&self, change: impl FnOnce(&mut Tree) -> Vec<Stale>) {
         let mut tree = self.tree.write();
         let stale = change(&mut tree);
@@ -434,10 +443,15 @@ impl Shared {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return Err(Errno::EROFS);
         }
-        if !access::allowed(node, caller, access::READ) {
+        if node.limits.expired_at(crate::view::now_ns()) {
+            return Err(Errno::ENOENT);
+        }
+        let decision = access::decide(tree, node, caller);
+        if !decision.allowed {
             tracing::info!(
                 uid = caller.uid,
                 pid = caller.pid,
+                rule = decision.rule,
                 "{}:{} denied",
                 self.reader.vault_name(),
                 tree.path(node)

@@ -11,6 +11,7 @@
 mod access;
 mod driver;
 mod handles;
+pub mod identity;
 mod invalidate;
 mod mount;
 pub mod mountinfo;

@@ -30,6 +30,7 @@ pub fn run(shared: Weak<Shared>) {
         };
         let round = shared.next_round(POLL_INTERVAL);
         let result = round_of(&shared);
+        shared.expire_due();
         shared.finish_round(round, result.is_ok());
         match result {
             Ok(()) if failing => {

@@ -3,11 +3,11 @@
 
 use rusqlite::Connection;
 
-use crate::acl::{AclOverride, EffectiveAcl};
+use crate::acl::{AclOverride, EffectiveAcl, Grant};
 use crate::address::{Address, VaultPath};
 use crate::error::{Result, StoreError};
 use crate::records::{now_ns, EntryKind};
-use crate::rows::{self, Entry, RowContent, MAX_SECRET_SIZE, ROOT_PARENT};
+use crate::rows::{self, Entry, Limits, RowContent, MAX_SECRET_SIZE, ROOT_PARENT};
 use crate::secret::SecretBytes;
 use crate::store::{Keys, OpenVault, Store};
 
@@ -87,6 +87,7 @@ fn insert_dir(
         acl: AclOverride::default(),
         value: None,
         mtime_ns: now_ns(),
+        limits: Limits::default(),
     };
     rows::insert(conn, &keys.store_id, vault, generation, &content)
 }
@@ -130,11 +131,23 @@ fn write_in(
     generation: i64,
     addr: &Address,
     value: &[u8],
+    limits: Limits,
 ) -> Result<Entry> {
-    write_kind_in(tx, keys, vault, generation, addr, EntryKind::File, value)
+    write_kind_in(
+        tx,
+        keys,
+        vault,
+        generation,
+        addr,
+        EntryKind::File,
+        value,
+        limits,
+    )
 }
 
 /// Writes one secret or template inside a write transaction; never turns one into the other.
+// The transaction's context (tx, keys, vault, generation) and the row's content.
+#[allow(clippy::too_many_arguments)]
 fn write_kind_in(
     tx: &Connection,
     keys: &Keys,
@@ -143,6 +156,7 @@ fn write_kind_in(
     addr: &Address,
     kind: EntryKind,
     value: &[u8],
+    limits: Limits,
 ) -> Result<Entry> {
     let name = addr
         .path
@@ -158,6 +172,7 @@ fn write_kind_in(
         acl,
         value: Some(value),
         mtime_ns: now_ns(),
+        limits,
     };
     match existing {
         Some(old) if old.is_dir() => Err(StoreError::IsADirectory(addr.to_string())),
@@ -192,10 +207,15 @@ fn write_kind_in(
 impl Store {
     /// Stores `value` at `addr`, creating parent directories; replaces an existing secret.
     pub fn write(&mut self, addr: &Address, value: &[u8]) -> Result<Entry> {
+        self.write_limited(addr, value, Limits::default())
+    }
+
+    /// Stores `value` at `addr` like [`Store::write`], served only within `limits`.
+    pub fn write_limited(&mut self, addr: &Address, value: &[u8], limits: Limits) -> Result<Entry> {
         check_size(addr, value)?;
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
-            write_in(tx, keys, &vault, generation, addr, value)
+            write_in(tx, keys, &vault, generation, addr, value, limits)
         })
     }
 
@@ -220,7 +240,7 @@ impl Store {
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, vault_name)?;
             for (addr, value) in &items {
-                write_in(tx, keys, &vault, generation, addr, value)?;
+                write_in(tx, keys, &vault, generation, addr, value, Limits::default())?;
             }
             Ok(items.len())
         })
@@ -236,7 +256,16 @@ impl Store {
         check_size(addr, value)?;
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
-            write_kind_in(tx, keys, &vault, generation, addr, kind, value)
+            write_kind_in(
+                tx,
+                keys,
+                &vault,
+                generation,
+                addr,
+                kind,
+                value,
+                Limits::default(),
+            )
         })
     }
 
@@ -448,6 +477,7 @@ impl Store {
                 acl: entry.acl.clone(),
                 value: value.as_ref().map(|v| v.expose()),
                 mtime_ns: now_ns(),
+                limits: entry.limits,
             };
             rows::rewrite(tx, &keys.store_id, &vault, generation, entry, &content)
         })
@@ -460,12 +490,64 @@ impl Store {
             self.set_vault_acl(&addr.vault, change)?;
             return Ok(());
         }
+        self.edit_acl(addr, |acl| {
+            acl.merge(change);
+            true
+        })
+        .map(|_| ())
+    }
+
+    /// Adds `grant` to the entry at `addr`; `false` if it was there already.
+    pub fn grant(&mut self, addr: &Address, grant: &Grant) -> Result<bool> {
+        self.grant_edit(addr, |grants| {
+            if grants.contains(grant) {
+                return false;
+            }
+            grants.push(grant.clone());
+            grants.sort();
+            true
+        })
+    }
+
+    /// Removes `grant` from the entry at `addr`; `false` if it was not set there (a grant
+    /// inherited from an ancestor is revoked on that ancestor).
+    pub fn revoke(&mut self, addr: &Address, grant: &Grant) -> Result<bool> {
+        self.grant_edit(addr, |grants| {
+            let before = grants.len();
+            grants.retain(|g| g != grant);
+            grants.len() != before
+        })
+    }
+
+    fn grant_edit(
+        &mut self,
+        addr: &Address,
+        edit: impl FnOnce(&mut Vec<Grant>) -> bool,
+    ) -> Result<bool> {
+        if addr.path.is_root() {
+            return Err(StoreError::InvalidOperation(format!(
+                "{addr}: grants are set on a directory or a secret, not on a vault's root; \
+                 put the vault's secrets in a directory and grant that"
+            )));
+        }
+        self.edit_acl(addr, |acl| edit(&mut acl.grants))
+    }
+
+    /// Rewrites the entry at `addr` with its ACL changed by `edit` (skipped when `edit` says
+    /// nothing changed).
+    fn edit_acl(
+        &mut self,
+        addr: &Address,
+        edit: impl FnOnce(&mut AclOverride) -> bool,
+    ) -> Result<bool> {
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
             let chain = resolve_chain(tx, keys, &vault, addr)?;
             let entry = chain.last().expect("not the root");
             let mut acl = entry.acl.clone();
-            acl.merge(change);
+            if !edit(&mut acl) {
+                return Ok(false);
+            }
             let value = match entry.kind {
                 EntryKind::File | EntryKind::Template => Some(
                     rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?
@@ -480,9 +562,10 @@ impl Store {
                 acl,
                 value: value.as_ref().map(|v| v.expose()),
                 mtime_ns: now_ns(),
+                limits: entry.limits,
             };
             rows::rewrite(tx, &keys.store_id, &vault, generation, entry, &content)?;
-            Ok(())
+            Ok(true)
         })
         .map_err(|e| retag(e, addr))
     }

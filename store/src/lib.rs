@@ -60,8 +60,8 @@ pub mod template;
 mod value;
 
 pub use acl::{
-    parse_mode, projected_mode, AclOverride, AclSource, EffectiveAcl, Inherited, VaultAcl,
-    MODE_MASK,
+    parse_mode, projected_mode, AclOverride, AclSource, EffectiveAcl, Grant, Inherited, Principal,
+    VaultAcl, MODE_MASK,
 };
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
 pub use entries::Listing;
@@ -72,7 +72,7 @@ pub use migrate::{migrate, Migrated};
 pub use reader::{Changes, Snapshot, VaultReader};
 pub use records::EntryKind;
 pub use rotate::Rotated;
-pub use rows::{Entry, MAX_SECRET_SIZE, ROOT_PARENT};
+pub use rows::{Entry, Limits, MAX_SECRET_SIZE, ROOT_PARENT};
 pub use secret::{Key, SecretBytes};
 pub use store::{OpenOptions, Store, VaultInfo};
 pub use value::SealedValue;

@@ -11,7 +11,7 @@ use crate::db;
 use crate::error::{Result, StoreError};
 use crate::head::{self, StateFile};
 use crate::keyslot::{self, Credential, KdfParams, SlotInfo};
-use crate::records::{self, VaultRecord, RECORD_VERSION};
+use crate::records::{self, VaultRecord, BASE_RECORD_VERSION};
 use crate::secret::Key;
 
 /// What is public about a vault once the store is unlocked.
@@ -512,7 +512,7 @@ fn vault_record_aad(store_id: &[u8; 16], id: i64, version: i64) -> Vec<u8> {
 /// Seals a vault row's record under the vault's own key.
 pub(crate) fn seal_vault_record(store_id: &[u8; 16], info: &VaultInfo, vault_key: &Key) -> Vec<u8> {
     let record = VaultRecord {
-        v: RECORD_VERSION,
+        v: BASE_RECORD_VERSION,
         name: info.name.clone(),
         acl: info.acl.clone(),
         created_ns: info.created_ns,

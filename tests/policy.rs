@@ -1,0 +1,324 @@
+//! Grants, service identity, expiry and read limits, through real mounts, real users, real
+//! processes in real cgroups, and real time.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{random_name, TestStore};
+use crate::mounts::{as_user, can_mount, cat_as, user, wait_until};
+
+const BOB: &str = "vfs-pol-bob";
+const EVE: &str = "vfs-pol-eve";
+const CAROL: &str = "vfs-pol-carol";
+const DEPLOY: &str = "vfs-pol-deploy";
+
+/// A vault closed to everyone but root (`0440 root:root`, so its root is `0550`), with two
+/// secrets in one directory.
+fn closed_vault(ts: &TestStore) {
+    ts.vault(
+        "pol",
+        &["--owner", "root", "--group", "root", "--mode", "0440"],
+    );
+    ts.write("pol:/app/db", b"db-password");
+    ts.write("pol:/app/other", b"other-secret");
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o777
+}
+
+#[test]
+fn a_user_grant_opens_one_secret_through_a_closed_vault_and_nothing_else() {
+    if !can_mount() {
+        return;
+    }
+    user(BOB, None);
+    user(EVE, None);
+    let ts = TestStore::new();
+    closed_vault(&ts);
+    let mnt = ts.path("mnt");
+    let _m = ts.mount("pol", &mnt);
+    let db = mnt.join("app/db");
+    assert!(cat_as(BOB, &db).is_err(), "no grant yet: bob cannot read");
+
+    ts.ok(&["acl", "grant", "pol:/app/db", "--user", BOB]);
+    wait_until(Duration::from_secs(3), "the grant in stat", || {
+        mode_of(&mnt) & 0o001 != 0
+    });
+    assert_eq!(cat_as(BOB, &db).unwrap(), b"db-password");
+    // ls -l never shows less than is allowed: other may search the way and read the file.
+    assert_eq!(mode_of(&mnt), 0o551);
+    assert_eq!(mode_of(&mnt.join("app")), 0o551);
+    assert_eq!(mode_of(&db), 0o444);
+    // The widened bits let the kernel through; the daemon still refuses everyone else.
+    let eve = cat_as(EVE, &db).unwrap_err();
+    assert!(eve.contains("Permission denied"), "{eve}");
+    let other = cat_as(BOB, &mnt.join("app/other")).unwrap_err();
+    assert!(other.contains("Permission denied"), "{other}");
+    // Searchable, not listable.
+    let ls = as_user(BOB, &format!("ls '{}'", mnt.display()));
+    assert!(!ls.status.success(), "bob listed the vault root");
+
+    let shown = ts.ok_text(&["acl", "show", "pol:/app/db"]);
+    assert!(
+        shown.contains(&format!("grant  user {BOB} (set here)")),
+        "{shown}"
+    );
+
+    // Revoked: the next open fails, whatever the kernel cached.
+    ts.ok(&["acl", "revoke", "pol:/app/db", "--user", BOB]);
+    wait_until(Duration::from_secs(3), "the revocation", || {
+        cat_as(BOB, &db).is_err()
+    });
+    assert_eq!(mode_of(&db), 0o440);
+}
+
+#[test]
+fn a_group_grant_on_a_directory_is_inherited_and_shown_with_its_source() {
+    if !can_mount() {
+        return;
+    }
+    user(CAROL, Some(DEPLOY));
+    user(EVE, None);
+    let ts = TestStore::new();
+    closed_vault(&ts);
+    ts.ok(&["acl", "grant", "pol:/app", "--group", DEPLOY]);
+    let shown = ts.ok_text(&["acl", "show", "pol:/app/other"]);
+    assert!(
+        shown.contains(&format!("grant  group {DEPLOY} (inherited from pol:/app)")),
+        "{shown}"
+    );
+    let json = ts.ok_text(&["acl", "show", "--json", "pol:/app/other"]);
+    assert!(json.contains(&format!("\"group\": \"{DEPLOY}\"")), "{json}");
+    // An inherited grant is revoked where it is set.
+    let err = ts.fails(&["acl", "revoke", "pol:/app/other", "--group", DEPLOY], 2);
+    assert!(err.contains("inherited from pol:/app"), "{err}");
+
+    let mnt = ts.path("mnt");
+    let _m = ts.mount("pol", &mnt);
+    assert_eq!(
+        mode_of(&mnt.join("app")),
+        0o555,
+        "a granted directory lists"
+    );
+    assert_eq!(
+        cat_as(CAROL, &mnt.join("app/other")).unwrap(),
+        b"other-secret"
+    );
+    let ls = as_user(CAROL, &format!("ls '{}'", mnt.join("app").display()));
+    assert!(ls.status.success(), "{ls:?}");
+    assert!(cat_as(EVE, &mnt.join("app/db")).is_err());
+    let ls = as_user(EVE, &format!("ls '{}'", mnt.join("app").display()));
+    assert!(
+        !ls.status.success(),
+        "eve listed a directory granted to a group"
+    );
+}
+
+#[test]
+fn bad_grants_are_refused_with_one_line() {
+    let ts = TestStore::new();
+    closed_vault(&ts);
+    for (args, want) in [
+        (
+            vec!["--user", BOB, "--exe", "bin/ssh"],
+            "not an absolute path",
+        ),
+        (vec!["--user", BOB, "--unit", "a/b"], "neither a unit name"),
+        (vec!["--user", ""], "--user is empty"),
+    ] {
+        let mut all = vec!["acl", "grant", "pol:/app/db"];
+        all.extend(args);
+        let err = ts.fails(&all, 2);
+        assert!(err.contains(want), "{err}");
+    }
+    let err = ts.fails(&["acl", "grant", "pol", "--user", BOB], 2);
+    assert!(err.contains("pol"), "{err}");
+    let err = ts.fails(&["acl", "revoke", "pol:/app/db", "--user", BOB], 2);
+    assert!(err.contains("no such grant"), "{err}");
+}
+
+/// The cgroup v2 hierarchy's mountpoint, from /proc/self/mountinfo.
+fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("a cgroup2 hierarchy is mounted (on these machines at /sys/fs/cgroup/unified)")
+}
+
+/// A cgroup the test creates and removes.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(rel: &str) -> Cgroup {
+        let path = cgroup2_root().join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(&path).unwrap();
+        Cgroup(path)
+    }
+
+    /// Runs `script` as `user` from a shell first moved into this cgroup.
+    fn run_as(&self, user: &str, script: &str) -> std::process::Output {
+        let procs = self.0.join("cgroup.procs");
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "echo $$ > '{}' && exec runuser -u {user} -- sh -c \"$0\"",
+                    procs.display()
+                ),
+                script,
+            ])
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Empty once its processes have exited.
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_unit_grant_reads_only_from_inside_that_system_unit() {
+    if !can_mount() {
+        return;
+    }
+    user(BOB, None);
+    let ts = TestStore::new();
+    closed_vault(&ts);
+    let unit = format!("test-pol-{}.service", random_name());
+    ts.ok(&[
+        "acl",
+        "grant",
+        "pol:/app/db",
+        "--user",
+        BOB,
+        "--unit",
+        &unit,
+    ]);
+    let mnt = ts.path("mnt");
+    let _m = ts.mount("pol", &mnt);
+    let db = mnt.join("app/db");
+    let cat = format!("cat '{}'", db.display());
+
+    let inside = Cgroup::new(&format!("system.slice/{unit}"));
+    let out = inside.run_as(BOB, &cat);
+    assert!(out.status.success(), "inside the unit: {out:?}");
+    assert_eq!(out.stdout, b"db-password");
+    // The same user outside it.
+    assert!(cat_as(BOB, &db).is_err(), "bob read outside the unit");
+    // A user's own unit of the same name (a delegated subtree) is not the system unit.
+    let delegated = Cgroup::new(&format!(
+        "user.slice/user-vfs-pol.slice/user@vfs-pol.service/{unit}"
+    ));
+    let out = delegated.run_as(BOB, &cat);
+    assert!(
+        !out.status.success(),
+        "a user unit matched a system unit rule"
+    );
+    // Root inside the unit, a different principal: the grant is bob's.
+    user(EVE, None);
+    let out = inside.run_as(EVE, &cat);
+    assert!(!out.status.success(), "eve read through bob's unit grant");
+}
+
+#[test]
+fn an_exe_grant_matches_the_binary_by_inode_not_a_copy_nor_a_replacement() {
+    if !can_mount() {
+        return;
+    }
+    user(BOB, None);
+    let ts = TestStore::new();
+    closed_vault(&ts);
+    let bin = ts.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shell = bin.join("granted-sh");
+    let copy = bin.join("copy-sh");
+    std::fs::copy("/bin/sh", &shell).unwrap();
+    std::fs::copy("/bin/sh", &copy).unwrap();
+    ts.ok(&[
+        "acl",
+        "grant",
+        "pol:/app/db",
+        "--user",
+        BOB,
+        "--exe",
+        shell.to_str().unwrap(),
+    ]);
+    let mnt = ts.path("mnt");
+    let _m = ts.mount("pol", &mnt);
+    let db = mnt.join("app/db");
+    // The shell opens the file itself (a redirection), so the opener is the shell.
+    // (`read` fails at the end of a value without a newline, having read it: echo anyway.)
+    let read = format!("read v < '{}'; echo \"$v\"", db.display());
+    let run = |sh: &Path, script: &str| {
+        Command::new("runuser")
+            .args(["-u", BOB, "--", sh.to_str().unwrap(), "-c", script])
+            .output()
+            .unwrap()
+    };
+    let out = run(&shell, &read);
+    assert_eq!(out.stdout, b"db-password\n", "{out:?}");
+    let out = run(&copy, &read);
+    assert_eq!(out.stdout, b"\n", "a copy matched: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    assert!(cat_as(BOB, &db).is_err(), "cat matched a shell's grant");
+
+    // Replaced on disk while a process of the old binary runs: that process no longer matches.
+    let fifo = bin.join("go");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let up = bin.join("up");
+    std::fs::write(&up, b"").unwrap();
+    std::fs::set_permissions(&up, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let waiting = Command::new("runuser")
+        .args([
+            "-u",
+            BOB,
+            "--",
+            shell.to_str().unwrap(),
+            "-c",
+            &format!(
+                "echo up > '{}'; read go < '{}'; {read}",
+                up.display(),
+                fifo.display()
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Replace only once the old binary runs (it says so in `up`).
+    wait_until(Duration::from_secs(10), "the old shell to start", || {
+        std::fs::read(&up).is_ok_and(|b| b == b"up\n")
+    });
+    let fresh = bin.join("fresh-sh");
+    std::fs::copy("/bin/sh", &fresh).unwrap();
+    std::fs::rename(&fresh, &shell).unwrap();
+    std::fs::write(&fifo, b"go\n").unwrap();
+    let out = crate::mounts::within(Duration::from_secs(10), "the waiting shell", move || {
+        waiting.wait_with_output().unwrap()
+    });
+    assert_eq!(
+        out.stdout, b"\n",
+        "the replaced binary still matched: {out:?}"
+    );
+    // A process of the new binary does.
+    assert_eq!(run(&shell, &read).stdout, b"db-password\n");
+}
