@@ -84,6 +84,14 @@ pub enum Command {
         /// Store an empty value (empty input is refused otherwise: it is usually a failed pipe)
         #[arg(long)]
         allow_empty: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Delete every expired secret of every vault (mounts hide them already)
+    #[command(after_help = "Example:\n  vaultfs gc")]
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Copy every file under a directory into a vault in one transaction (all or nothing)
     #[command(
@@ -116,6 +124,9 @@ pub enum Command {
         /// JSON for scripts: one object per entry, with everything -l shows
         #[arg(long, conflicts_with = "long")]
         json: bool,
+        /// Also list expired secrets (hidden otherwise, and from mounts)
+        #[arg(long)]
+        expired: bool,
         /// VAULT or VAULT:/DIR
         address: String,
     },
@@ -335,6 +346,7 @@ impl Command {
             | Command::Key { store, .. }
             | Command::Vault { store, .. }
             | Command::Write { store, .. }
+            | Command::Gc { store, .. }
             | Command::Import { store, .. }
             | Command::Cat { store, .. }
             | Command::Ls { store, .. }
@@ -518,6 +530,20 @@ pub enum AclCommand {
         after_help = "Example:\n  vaultfs acl revoke web:/tls --user nginx --unit nginx.service"
     )]
     Revoke(GrantArgs),
+}
+
+/// How long and how often a written value is served.
+#[derive(clap::Args, Debug, Default)]
+pub struct LimitArgs {
+    /// Stop serving the value at this RFC 3339 time (2026-12-31T00:00:00Z)
+    #[arg(long, conflicts_with = "ttl")]
+    pub expires: Option<String>,
+    /// Stop serving the value after this long (24h, 10m, 1h30m, 7d)
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Serve the value to at most N opens through mounts (counted on this host)
+    #[arg(long, value_name = "N")]
+    pub max_opens: Option<u64>,
 }
 
 /// A grant as written on the command line.

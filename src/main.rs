@@ -16,6 +16,7 @@ mod hygiene;
 mod mounts;
 mod output;
 mod tty;
+mod when;
 
 use std::process::ExitCode;
 
@@ -33,16 +34,19 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Write {
             address,
             allow_empty,
+            limits,
             ..
-        } => secrets::write(cli, address, *allow_empty),
+        } => secrets::write(cli, address, *allow_empty, limits),
         Command::Cat { address, .. } => secrets::cat(cli, address),
         Command::Import { dir, address, .. } => secrets::import(cli, dir, address),
         Command::Ls {
             long,
             json,
             address,
+            expired,
             ..
-        } => secrets::ls(cli, address, *long, *json),
+        } => secrets::ls(cli, address, *long, *json, *expired),
+        Command::Gc { .. } => secrets::gc(cli),
         Command::Rm {
             recursive, address, ..
         } => secrets::rm(cli, address, *recursive),

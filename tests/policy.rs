@@ -322,3 +322,69 @@ fn an_exe_grant_matches_the_binary_by_inode_not_a_copy_nor_a_replacement() {
     // A process of the new binary does.
     assert_eq!(run(&shell, &read).stdout, b"db-password\n");
 }
+
+#[test]
+fn an_expired_secret_leaves_the_mount_by_time_and_gc_deletes_it() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("pol", &[]);
+    ts.write("pol:/keep", b"kept");
+    let out = ts.run(&["write", "pol:/app/tmp", "--ttl", "3s"], b"short-lived");
+    assert!(out.status.success(), "{out:?}");
+    let long = ts.ok_text(&["ls", "-l", "pol:/app"]);
+    assert!(long.contains("tmp (expires 20"), "{long}");
+    let acl = ts.ok_text(&["acl", "show", "pol:/app/tmp"]);
+    assert!(acl.contains("limits expires 20"), "{acl}");
+    let mnt = ts.path("mnt");
+    let _m = ts.mount("pol", &mnt);
+    let tmp = mnt.join("app/tmp");
+    assert_eq!(std::fs::read(&tmp).unwrap(), b"short-lived");
+
+    // Nothing changes in the store: the mount notices by the clock.
+    wait_until(
+        Duration::from_secs(8),
+        "the expiry in the mount's listing",
+        || {
+            !std::fs::read_dir(mnt.join("app"))
+                .unwrap()
+                .any(|e| e.unwrap().file_name() == "tmp")
+        },
+    );
+    let err = std::fs::read(&tmp).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert_eq!(std::fs::read(mnt.join("keep")).unwrap(), b"kept");
+
+    // The CLI hides it too, but `ls --expired` and `rm`/`gc` still reach it.
+    assert!(!ts.ok_text(&["ls", "pol:/app"]).contains("tmp"));
+    let listed = ts.ok_text(&["ls", "-l", "--expired", "pol:/app"]);
+    assert!(listed.contains("tmp (expired 20"), "{listed}");
+    let err = ts.fails_any(&["cat", "pol:/app/tmp"]);
+    assert!(err.contains("pol:/app/tmp (expired)"), "{err}");
+    let gc = ts.ok_text(&["gc"]);
+    assert_eq!(gc, "removed pol:/app/tmp (expired)\n");
+    assert!(!ts.ok_text(&["ls", "--expired", "pol:/app"]).contains("tmp"));
+    assert_eq!(ts.cat("pol:/keep"), b"kept");
+    assert_eq!(ts.ok_text(&["gc"]), "", "nothing left to delete");
+}
+
+#[test]
+fn bad_limits_are_refused_and_nothing_is_written() {
+    let ts = TestStore::new();
+    ts.vault("pol", &[]);
+    for (args, want) in [
+        (vec!["--expires", "2001-01-01T00:00:00Z"], "in the past"),
+        (vec!["--expires", "tomorrow"], "not an RFC 3339 time"),
+        (vec!["--ttl", "soon"], "not a duration"),
+        (vec!["--max-opens", "0"], "never be served"),
+    ] {
+        let mut all = vec!["write", "pol:/x"];
+        all.extend(args);
+        let out = ts.run(&all, b"v");
+        assert_eq!(crate::common::code(&out), 2, "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("pol:/x") && err.contains(want), "{err}");
+    }
+    assert!(!ts.ok_text(&["ls", "--expired", "pol"]).contains('x'));
+}

@@ -120,6 +120,12 @@ pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
                     "(secret)"
                 }
             );
+            if let Some(l) = store.stat(&addr)? {
+                let text = output::limits_text(&l.entry.limits);
+                if !text.is_empty() {
+                    println!("limits {text}");
+                }
+            }
             for g in &acl.grants {
                 println!("grant  {} ({})", g.value, source(&addr, &g.source));
             }

@@ -303,6 +303,9 @@ impl Store {
             if entry.is_dir() {
                 return Err(StoreError::IsADirectory(addr.to_string()));
             }
+            if entry.limits.expired_at(now_ns()) {
+                return Err(StoreError::NotFound(format!("{addr} (expired)")));
+            }
             if entry.kind == EntryKind::Template {
                 return self.render_template(addr, entry);
             }
@@ -426,6 +429,38 @@ impl Store {
                 i += 1;
             }
             rows::delete(tx, &vault, generation, &doomed)
+        })
+    }
+
+    /// Deletes every secret of every vault whose expiry is at or before `now_ns`, in one
+    /// transaction (the freed pages are zeroed by `secure_delete`); returns their addresses.
+    pub fn gc(&mut self, now_ns: i64) -> Result<Vec<Address>> {
+        let names: Vec<String> = self.list_vaults()?.into_iter().map(|v| v.name).collect();
+        self.write_txn(|tx, generation, keys| {
+            let mut gone = Vec::new();
+            for name in &names {
+                let vault = keys.open_vault_by_name(tx, name)?;
+                let mut doomed = Vec::new();
+                let mut stack = vec![(ROOT_PARENT, VaultPath::root())];
+                while let Some((dir, path)) = stack.pop() {
+                    for kid in rows::children(tx, &keys.store_id, &vault, dir)? {
+                        let at = path.join(&kid.name);
+                        if kid.is_dir() {
+                            stack.push((kid.id, at));
+                        } else if kid.limits.expired_at(now_ns) {
+                            doomed.push(kid.id);
+                            gone.push(Address {
+                                vault: name.clone(),
+                                path: at,
+                            });
+                        }
+                    }
+                }
+                if !doomed.is_empty() {
+                    rows::delete(tx, &vault, generation, &doomed)?;
+                }
+            }
+            Ok(gone)
         })
     }
 
