@@ -388,3 +388,56 @@ fn bad_limits_are_refused_and_nothing_is_written() {
     }
     assert!(!ts.ok_text(&["ls", "--expired", "pol"]).contains('x'));
 }
+
+#[test]
+fn a_read_limit_is_shared_by_every_mount_of_the_store_and_then_behaves_as_expired() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    ts.vault("pol", &[]);
+    let out = ts.run(&["write", "pol:/once", "--max-opens", "1"], b"hand-off");
+    assert!(out.status.success(), "{out:?}");
+    let out = ts.run(&["write", "pol:/three", "--max-opens", "3"], b"three");
+    assert!(out.status.success(), "{out:?}");
+    assert!(ts
+        .ok_text(&["ls", "-l", "pol"])
+        .contains("once (max-opens 1)"));
+    let (a, b) = (ts.path("a"), ts.path("b"));
+    let _ma = ts.mount("pol", &a);
+    let _mb = ts.mount("pol", &b);
+
+    assert_eq!(std::fs::read(a.join("once")).unwrap(), b"hand-off");
+    // Counted across mounts: the other daemon refuses it too, as if it had expired.
+    let err = std::fs::read(b.join("once")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert_eq!(
+        std::fs::read(a.join("once")).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert!(!std::fs::read_dir(&a)
+        .unwrap()
+        .any(|e| e.unwrap().file_name() == "once"));
+
+    // Twelve readers at once through both mounts: exactly three get the value.
+    let readers: Vec<_> = (0..12)
+        .map(|i| {
+            let p = if i % 2 == 0 { &a } else { &b }.join("three");
+            std::thread::spawn(move || std::fs::read(p).is_ok())
+        })
+        .collect();
+    let served = readers
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(served, 3, "a limit of 3 served {served} opens");
+
+    // A new value starts a new count.
+    let out = ts.run(&["write", "pol:/once", "--max-opens", "1"], b"second");
+    assert!(out.status.success(), "{out:?}");
+    wait_until(Duration::from_secs(3), "the new value", || {
+        std::fs::read(b.join("once")).is_ok_and(|v| v == b"second")
+    });
+    assert!(std::fs::read(a.join("once")).is_err());
+}

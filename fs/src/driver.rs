@@ -325,6 +325,41 @@ impl Shared {
         }
     }
 
+    /// Counts an open of a read-limited secret; when the limit is spent, hides the secret and
+    /// refuses (ENOENT, as for an expired one), logging an alarm for a read-once secret.
+    fn count_open(
+        &self,
+        caller: Caller,
+        id: i64,
+        version: i64,
+        max: u64,
+        path: &VaultPath,
+        deadline: Instant,
+    ) -> Result<(), Errno> {
+        match crate::limits::count(&self.reader, &self.workers, id, version, max, deadline)? {
+            crate::limits::Counted::Yes { n } => {
+                // The last allowed open hides the secret at once, except as a mount's root:
+                // there every read checks the root is still this value, and would fail.
+                if n == max && self.tree().root() != Some(id) {
+                    self.apply(|tree| tree.spend(id, version));
+                }
+                Ok(())
+            }
+            crate::limits::Counted::Spent => {
+                if max == 1 {
+                    tracing::warn!(
+                        uid = caller.uid,
+                        pid = caller.pid,
+                        "{}:{path}: ALARM: a read-once secret was opened again; refused",
+                        self.reader.vault_name()
+                    );
+                }
+                self.apply(|tree| tree.spend(id, version));
+                Err(Errno::ENOENT)
+            }
+        }
+    }
+
     fn apply(&self, change: impl FnOnce(&mut Tree) -> Vec<Stale>) {
         let mut tree = self.tree.write();
         let stale = change(&mut tree);
@@ -489,7 +524,7 @@ impl Shared {
                 return Err(Errno::EIO);
             }
         }
-        let (id, version, attr, path) = {
+        let (id, version, attr, path, limits) = {
             let tree = shared.tree();
             let Some(node) = tree.node(ino) else {
                 // An outdated version: the kernel walks the path again and finds the new one
@@ -509,7 +544,13 @@ impl Shared {
                 drop(tree);
                 return self.open_template(caller, ino, render, deadline);
             }
-            (node.id, node.version, node.attr(ino), tree.path(node))
+            (
+                node.id,
+                node.version,
+                node.attr(ino),
+                tree.path(node),
+                node.limits,
+            )
         };
         let value = match shared.fetch(id, version, deadline) {
             Ok(Some(value)) => Content::Sealed(value),
@@ -541,6 +582,9 @@ impl Shared {
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         };
+        if let Some(max) = limits.max_opens {
+            self.count_open(caller, id, version, max, &path, deadline)?;
+        }
         let fh = shared.handles.insert(OpenFile {
             ino,
             id,

@@ -13,6 +13,7 @@ mod driver;
 mod handles;
 pub mod identity;
 mod invalidate;
+mod limits;
 mod mount;
 pub mod mountinfo;
 mod mountpoint;

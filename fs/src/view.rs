@@ -487,7 +487,6 @@ impl Tree {
     }
 
     /// Hides version `version` of secret `id`: its read limit is spent.
-    #[allow(dead_code)] // used by read limits, next
     pub fn spend(&mut self, id: i64, version: i64) -> Vec<Stale> {
         if self.entries.get(&id).is_none_or(|e| e.version != version) {
             return Vec::new();

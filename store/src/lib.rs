@@ -38,6 +38,7 @@
 
 mod acl;
 mod address;
+mod counts;
 mod crypto;
 mod db;
 mod dump;
@@ -64,6 +65,7 @@ pub use acl::{
     VaultAcl, MODE_MASK,
 };
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
+pub use counts::OpenCounts;
 pub use entries::Listing;
 pub use error::{Result, StoreError};
 pub use head::default_state_dir;
