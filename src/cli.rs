@@ -87,6 +87,27 @@ pub enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Print a one-time token that `vaultfs unwrap` redeems once for this version of a secret
+    #[command(after_help = "Example:\n  vaultfs wrap ci:/deploy-key --ttl 10m")]
+    Wrap {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// VAULT:/PATH of a secret
+        address: String,
+        /// How long the token works (10m, 1h, 1d)
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+    },
+    /// Print the secret a wrap token stands for, once (a second unwrap fails)
+    #[command(
+        after_help = "Examples:\n  vaultfs unwrap vaultfs-wrap-3f...\n  vaultfs unwrap - < token-file"
+    )]
+    Unwrap {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The token, or - to read it from stdin
+        token: String,
+    },
     /// Delete every expired secret of every vault (mounts hide them already)
     #[command(after_help = "Example:\n  vaultfs gc")]
     Gc {
@@ -347,6 +368,8 @@ impl Command {
             | Command::Vault { store, .. }
             | Command::Write { store, .. }
             | Command::Gc { store, .. }
+            | Command::Wrap { store, .. }
+            | Command::Unwrap { store, .. }
             | Command::Import { store, .. }
             | Command::Cat { store, .. }
             | Command::Ls { store, .. }

@@ -47,6 +47,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             ..
         } => secrets::ls(cli, address, *long, *json, *expired),
         Command::Gc { .. } => secrets::gc(cli),
+        Command::Wrap { address, ttl, .. } => secrets::wrap(cli, address, ttl),
+        Command::Unwrap { token, .. } => secrets::unwrap(cli, token),
         Command::Rm {
             recursive, address, ..
         } => secrets::rm(cli, address, *recursive),

@@ -441,3 +441,43 @@ fn a_read_limit_is_shared_by_every_mount_of_the_store_and_then_behaves_as_expire
     });
     assert!(std::fs::read(a.join("once")).is_err());
 }
+
+#[test]
+fn a_wrap_token_unwraps_once_for_one_version_until_its_time() {
+    let ts = TestStore::new();
+    ts.vault("pol", &[]);
+    ts.write("pol:/deploy", b"deploy-key\n");
+    let token = ts.ok_text(&["wrap", "pol:/deploy", "--ttl", "10m"]);
+    let token = token.trim();
+    assert!(token.starts_with("vaultfs-wrap-"), "{token}");
+    assert!(!token.contains("deploy-key"));
+    assert_eq!(ts.ok(&["unwrap", token]), b"deploy-key\n");
+    let err = ts.fails_any(&["unwrap", token]);
+    assert!(
+        err.contains("already unwrapped") && err.contains("pol:/deploy"),
+        "{err}"
+    );
+
+    // Bound to the version wrapped: a rotation makes the token worthless.
+    let token = ts.ok_text(&["wrap", "pol:/deploy"]);
+    ts.write("pol:/deploy", b"rotated");
+    let err = ts.fails_any(&["unwrap", token.trim()]);
+    assert!(err.contains("changed since it was wrapped"), "{err}");
+    assert!(
+        !err.contains("rotated") && !err.contains("deploy-key"),
+        "{err}"
+    );
+
+    // Bound in time (real time: a two-second token).
+    let token = ts.ok_text(&["wrap", "pol:/deploy", "--ttl", "2s"]);
+    std::thread::sleep(Duration::from_millis(2200));
+    let err = ts.fails_any(&["unwrap", token.trim()]);
+    assert!(err.contains("expired"), "{err}");
+
+    // From stdin; and a made-up token.
+    let token = ts.ok_text(&["wrap", "pol:/deploy"]);
+    let out = ts.run(&["unwrap", "-"], token.as_bytes());
+    assert_eq!(out.stdout, b"rotated", "{out:?}");
+    let err = ts.fails_any(&["unwrap", "vaultfs-wrap-00"]);
+    assert!(err.contains("unknown wrap token"), "{err}");
+}

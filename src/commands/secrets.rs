@@ -1,6 +1,6 @@
 //! `write`, `cat`, `ls`, `rm`, `mv`, `mkdir`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -66,6 +66,56 @@ fn limits_of(addr: &Address, args: &LimitArgs) -> Result<Limits> {
         expires_ns,
         max_opens: args.max_opens,
     })
+}
+
+fn state_dir() -> Result<std::path::PathBuf> {
+    vaultfs_store::default_state_dir().ok_or_else(|| {
+        anyhow::anyhow!("no state directory for wrap tokens: set VAULTFS_STATE_DIR or HOME")
+    })
+}
+
+/// Prints a one-time token for the secret at `address`.
+pub fn wrap(cli: &Cli, address: &str, ttl: &str) -> Result<()> {
+    let addr = Address::parse_entry(address)?;
+    let Some(ttl) = crate::when::parse_duration(ttl) else {
+        crate::exit::usage!("{addr}: --ttl {ttl:?} is not a duration such as 10m or 1h");
+    };
+    let store = credentials::open_store(cli)?;
+    let (token, wrapped) = store.wrap(&addr, ttl, &state_dir()?)?;
+    println!("{token}");
+    eprintln!(
+        "vaultfs: {addr} (version {}) wrapped until {} UTC; `vaultfs unwrap TOKEN` prints it once",
+        wrapped.version,
+        output::format_time(wrapped.expires_ns)
+    );
+    Ok(())
+}
+
+/// Prints the secret a wrap token stands for, once.
+pub fn unwrap(cli: &Cli, token: &str) -> Result<()> {
+    let token = if token == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .lock()
+            .take(4096)
+            .read_to_string(&mut t)
+            .context("reading the token from stdin")?;
+        t
+    } else {
+        token.to_owned()
+    };
+    let store = credentials::open_store(cli)?;
+    match store.unwrap_token(&token, &state_dir()?) {
+        Ok((_, value)) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(value.expose())
+                .and_then(|()| out.flush())
+                .context("writing to stdout")?;
+            Ok(())
+        }
+        Err(vaultfs_store::UnwrapError::Store(e)) => Err(e.into()),
+        Err(e) => anyhow::bail!("{e}"),
+    }
 }
 
 /// Deletes every expired secret.

@@ -59,6 +59,7 @@ mod store;
 mod sys;
 pub mod template;
 mod value;
+mod wrap;
 
 pub use acl::{
     parse_mode, projected_mode, AclOverride, AclSource, EffectiveAcl, Grant, Inherited, Principal,
@@ -78,3 +79,4 @@ pub use rows::{Entry, Limits, MAX_SECRET_SIZE, ROOT_PARENT};
 pub use secret::{Key, SecretBytes};
 pub use store::{OpenOptions, Store, VaultInfo};
 pub use value::SealedValue;
+pub use wrap::{UnwrapError, Wrapped};
