@@ -108,6 +108,17 @@ pub enum Command {
         /// The token, or - to read it from stdin
         token: String,
     },
+    /// Who opened, wrote, granted or unwrapped what, and what was decided (never a value)
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  vaultfs audit --path web:/tls --since 1d\n  vaultfs audit --denied --json\n  vaultfs audit --verify\n  vaultfs audit prune --before 2026-01-01T00:00:00Z"
+    )]
+    Audit {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        args: AuditArgs,
+    },
     /// Delete every expired secret of every vault (mounts hide them already)
     #[command(after_help = "Example:\n  vaultfs gc")]
     Gc {
@@ -368,6 +379,7 @@ impl Command {
             | Command::Vault { store, .. }
             | Command::Write { store, .. }
             | Command::Gc { store, .. }
+            | Command::Audit { store, .. }
             | Command::Wrap { store, .. }
             | Command::Unwrap { store, .. }
             | Command::Import { store, .. }
@@ -553,6 +565,51 @@ pub enum AclCommand {
         after_help = "Example:\n  vaultfs acl revoke web:/tls --user nginx --unit nginx.service"
     )]
     Revoke(GrantArgs),
+}
+
+/// `vaultfs audit` options.
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    /// `prune --before T`
+    #[command(subcommand)]
+    pub cmd: Option<AuditCommand>,
+    /// Only this vault (default: every vault)
+    pub vault: Option<String>,
+    /// Only this entry, or everything under this directory (VAULT:/PATH)
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Only this caller (user name or uid)
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only callers in this unit (its name or cgroup path)
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// Only since this RFC 3339 time, or this long ago (1h, 7d)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only refusals and alarms
+    #[arg(long)]
+    pub denied: bool,
+    /// JSON for scripts
+    #[arg(long)]
+    pub json: bool,
+    /// Check every vault's chain and head instead of listing (exit 3 when broken)
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// `vaultfs audit prune`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Delete the records older than a time (the chain's verified start moves forward)
+    #[command(after_help = "Example:\n  vaultfs audit prune --before 2026-01-01T00:00:00Z")]
+    Prune {
+        /// RFC 3339 time
+        #[arg(long)]
+        before: String,
+        /// Only this vault (default: every vault)
+        vault: Option<String>,
+    },
 }
 
 /// How long and how often a written value is served.

@@ -47,6 +47,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             ..
         } => secrets::ls(cli, address, *long, *json, *expired),
         Command::Gc { .. } => secrets::gc(cli),
+        Command::Audit { args, .. } => audit::audit(cli, args),
         Command::Wrap { address, ttl, .. } => secrets::wrap(cli, address, ttl),
         Command::Unwrap { token, .. } => secrets::unwrap(cli, token),
         Command::Rm {

@@ -481,3 +481,138 @@ fn a_wrap_token_unwraps_once_for_one_version_until_its_time() {
     let err = ts.fails_any(&["unwrap", "vaultfs-wrap-00"]);
     assert!(err.contains("unknown wrap token"), "{err}");
 }
+
+/// `vaultfs audit ARGS` as text.
+fn audit(ts: &TestStore, args: &[&str]) -> String {
+    let mut all = vec!["audit"];
+    all.extend_from_slice(args);
+    ts.ok_text(&all)
+}
+
+#[test]
+fn every_open_and_change_is_audited_in_a_chain_that_detects_tampering() {
+    if !can_mount() {
+        return;
+    }
+    user(BOB, None);
+    user(EVE, None);
+    let ts = TestStore::new();
+    closed_vault(&ts);
+    ts.ok(&["acl", "grant", "pol:/app/db", "--user", BOB]);
+    let out = ts.run(&["write", "pol:/once", "--max-opens", "1"], b"once-value");
+    assert!(out.status.success());
+    let mnt = ts.path("mnt");
+    let m = ts.mount("pol", &mnt);
+    let db = mnt.join("app/db");
+    assert_eq!(cat_as(BOB, &db).unwrap(), b"db-password");
+    assert!(cat_as(EVE, &db).is_err());
+    assert_eq!(std::fs::read(mnt.join("once")).unwrap(), b"once-value");
+    assert!(std::fs::read(mnt.join("once")).is_err());
+    let token = ts.ok_text(&["wrap", "pol:/app/other"]);
+    ts.ok(&["unwrap", token.trim()]);
+    assert!(!ts.run(&["unwrap", token.trim()], b"").status.success());
+
+    // Records are written in batches by the daemon's writer thread: wait for them.
+    wait_until(
+        Duration::from_secs(5),
+        "the audit records of the opens",
+        || audit(&ts, &["--denied"]).contains("read-once"),
+    );
+    let all = audit(&ts, &["pol"]);
+    for value in ["db-password", "once-value", "other-secret"] {
+        assert!(!all.contains(value), "a value in the audit log: {all}");
+    }
+    let bob = audit(&ts, &["--path", "pol:/app/db", "--user", BOB]);
+    let bob_line = bob
+        .lines()
+        .find(|l| l.contains(" open ") && l.contains("allow"))
+        .unwrap_or_else(|| panic!("no open of bob's: {bob}"));
+    assert!(
+        bob_line.contains(&format!("({BOB})"))
+            && bob_line.contains("exe=/")
+            && bob_line.contains("pid=")
+            && bob_line.contains(&format!("rule=\"grant user {BOB}\"")),
+        "{bob_line}"
+    );
+    let denied = audit(&ts, &["--denied"]);
+    assert!(
+        denied.contains(&format!("({EVE})")) && denied.contains("deny  pol:/app/db"),
+        "{denied}"
+    );
+    assert!(!denied.contains(&format!("({BOB})")), "{denied}");
+    assert!(denied.contains("read-once alarm pol:/once"), "{denied}");
+    assert!(
+        denied.contains("unwrap    alarm pol:/app/other"),
+        "{denied}"
+    );
+    assert!(all.contains("acl       allow pol:/app/db"), "{all}");
+    assert!(all.contains(" start "), "{all}");
+    let json = audit(&ts, &["--json", "--path", "pol:/once"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        v.as_array().unwrap().iter().any(|r| r["event"] == "write"),
+        "{json}"
+    );
+
+    // A clean stop is recorded.
+    drop(m);
+    wait_until(Duration::from_secs(5), "the stop record", || {
+        audit(&ts, &["pol"]).contains(" stop ")
+    });
+    assert!(audit(&ts, &["--verify"]).contains("chain intact"));
+
+    // Pruning keeps a verifiable chain.
+    let before = audit(&ts, &["pol"]).lines().count();
+    ts.ok(&["audit", "prune", "--before", "2100-01-01T00:00:00Z"]);
+    let after = audit(&ts, &["pol"]).lines().count();
+    assert!(after >= 1 && after < before, "{before} -> {after}");
+    assert!(audit(&ts, &["--verify"]).contains("chain intact"));
+    for v in [&b"new"[..], b"newer", b"newest", b"last"] {
+        ts.write("pol:/app/db", v);
+    }
+
+    // Tampering: a record removed from the middle, the tail cut, a record swapped.
+    let db = ts.db();
+    let seqs: Vec<i64> = db
+        .prepare("SELECT seq FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(seqs.len() >= 5, "{seqs:?}");
+    let backup: Vec<(i64, Vec<u8>)> = db
+        .prepare("SELECT seq, sealed FROM audit")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let restore = |db: &rusqlite::Connection| {
+        for (seq, sealed) in &backup {
+            db.execute(
+                "UPDATE audit SET sealed = ?2 WHERE seq = ?1",
+                rusqlite::params![seq, sealed],
+            )
+            .unwrap();
+        }
+    };
+    let (first, last) = (seqs[0], *seqs.last().unwrap());
+    db.execute(
+        "UPDATE audit SET sealed = (SELECT sealed FROM audit WHERE seq = ?2) WHERE seq = ?1",
+        [first, last],
+    )
+    .unwrap();
+    let err = ts.fails(&["audit", "--verify"], 3);
+    assert!(err.contains("audit log"), "{err}");
+    restore(&db);
+    assert!(audit(&ts, &["--verify"]).contains("chain intact"));
+    db.execute("DELETE FROM audit WHERE seq = ?1", [last])
+        .unwrap();
+    let err = ts.fails(&["audit", "--verify"], 3);
+    assert!(err.contains("cut from the end"), "{err}");
+    db.execute("DELETE FROM audit WHERE seq = ?1", [seqs[1]])
+        .unwrap();
+    let err = ts.fails(&["audit", "pol"], 3);
+    assert!(err.contains("missing"), "{err}");
+}

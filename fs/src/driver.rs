@@ -107,6 +107,8 @@ pub struct Shared {
     pub(crate) store_replaced: AtomicBool,
     /// Set once the vault was removed: the mount serves an empty tree.
     pub(crate) vault_gone: AtomicBool,
+    /// The audit writer (declared last: dropped after everything that records).
+    audit: crate::audit::Auditor,
 }
 
 #[derive(Debug, Default)]
@@ -145,8 +147,11 @@ impl Shared {
         };
         let workers = pool("vaultfs-store", STORE_WORKERS, STORE_QUEUE)?;
         let openers = pool("vaultfs-open", OPENERS, OPEN_QUEUE)?;
+        let reader = Arc::new(reader);
+        let audit = crate::audit::Auditor::start(&reader);
         let shared = Shared {
-            reader: Arc::new(reader),
+            audit,
+            reader,
             source,
             options,
             tree: RwLock::new(tree),
@@ -316,11 +321,25 @@ impl Shared {
         });
     }
 
+    /// Writes the audit's clean-stop record and everything queued (the session ended).
+    pub(crate) fn finish_audit(&self) {
+        self.audit.finish();
+    }
+
     /// Hides the secrets whose expiry has come: by time, not only when the store changes.
     pub(crate) fn expire_due(&self) {
         let now = crate::view::now_ns();
         // Most rounds have nothing due: a read lock answers that without blocking opens.
         if self.tree().has_due(now) {
+            for (path, version) in self.tree().due(now) {
+                self.audit.record(vaultfs_store::AuditRecord {
+                    t_ns: now,
+                    event: "expire".into(),
+                    path: Some(format!("{}:{path}", self.reader.vault_name())),
+                    version: Some(version),
+                    ..Default::default()
+                });
+            }
             self.apply(|tree| tree.expire(now));
         }
     }
@@ -337,15 +356,22 @@ impl Shared {
         deadline: Instant,
     ) -> Result<(), Errno> {
         match crate::limits::count(&self.reader, &self.workers, id, version, max, deadline)? {
-            crate::limits::Counted::Yes { n } => {
-                // The last allowed open hides the secret at once, except as a mount's root:
-                // there every read checks the root is still this value, and would fail.
-                if n == max && self.tree().root() != Some(id) {
-                    self.apply(|tree| tree.spend(id, version));
-                }
-                Ok(())
-            }
+            // The secret stays listed after its last allowed open, so that the next open
+            // reaches the daemon, is refused, and is audited (an alarm for a read-once secret);
+            // it is hidden then.
+            crate::limits::Counted::Yes { .. } => Ok(()),
             crate::limits::Counted::Spent => {
+                self.audit.record(vaultfs_store::AuditRecord {
+                    t_ns: crate::view::now_ns(),
+                    event: "read-once".into(),
+                    path: Some(format!("{}:{path}", self.reader.vault_name())),
+                    version: Some(version),
+                    uid: Some(caller.uid),
+                    gid: Some(caller.gid),
+                    decision: Some(if max == 1 { "alarm" } else { "deny" }.into()),
+                    rule: Some(format!("max-opens {max} spent")),
+                    ..Default::default()
+                });
                 if max == 1 {
                     tracing::warn!(
                         uid = caller.uid,
@@ -482,6 +508,13 @@ impl Shared {
             return Err(Errno::ENOENT);
         }
         let decision = access::decide(tree, node, caller);
+        self.audit.open(
+            if node.is_dir() { "opendir" } else { "open" },
+            format!("{}:{}", self.reader.vault_name(), tree.path(node)),
+            node.version,
+            caller,
+            &decision,
+        );
         if !decision.allowed {
             tracing::info!(
                 uid = caller.uid,

@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 mod access;
+mod audit;
 mod driver;
 mod handles;
 pub mod identity;

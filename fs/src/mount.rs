@@ -478,6 +478,7 @@ impl Mounted {
             place,
         } = self;
         let result = session.run();
+        shared.finish_audit();
         // The refresher holds only a weak reference; dropping the last strong one stops it,
         // which drops the invalidation queue and so ends the notifier thread.
         drop(shared);

@@ -486,6 +486,15 @@ impl Tree {
             .any(|(_, id)| !self.gone.contains_key(id))
     }
 
+    /// The path and version of each shown secret whose expiry has come by `now_ns`.
+    pub fn due(&self, now_ns: i64) -> Vec<(VaultPath, i64)> {
+        self.deadlines
+            .range(..=(now_ns, i64::MAX))
+            .filter(|(_, id)| !self.gone.contains_key(id))
+            .filter_map(|(_, id)| self.nodes.get(id).map(|n| (self.path(n), n.version)))
+            .collect()
+    }
+
     /// Hides version `version` of secret `id`: its read limit is spent.
     pub fn spend(&mut self, id: i64, version: i64) -> Vec<Stale> {
         if self.entries.get(&id).is_none_or(|e| e.version != version) {

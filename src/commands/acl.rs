@@ -151,6 +151,13 @@ pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
             output::warn_unresolved(change.owner.as_deref(), change.group.as_deref());
             let mut store = credentials::open_store(cli)?;
             store.set_acl(&addr, &change)?;
+            crate::commands::audit::record(
+                &mut store,
+                &addr,
+                "acl",
+                None,
+                format!("set {change:?}"),
+            );
         }
         AclCommand::Grant(args) => {
             let (addr, grant) = grant_of(args)?;
@@ -160,14 +167,30 @@ pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
             };
             output::warn_unresolved(names.0, names.1);
             let mut store = credentials::open_store(cli)?;
-            if !store.grant(&addr, &grant)? {
+            if store.grant(&addr, &grant)? {
+                crate::commands::audit::record(
+                    &mut store,
+                    &addr,
+                    "acl",
+                    None,
+                    format!("grant {grant}"),
+                );
+            } else {
                 eprintln!("{addr}: already granted: {grant}");
             }
         }
         AclCommand::Revoke(args) => {
             let (addr, grant) = grant_of(args)?;
             let mut store = credentials::open_store(cli)?;
-            if !store.revoke(&addr, &grant)? {
+            if store.revoke(&addr, &grant)? {
+                crate::commands::audit::record(
+                    &mut store,
+                    &addr,
+                    "acl",
+                    None,
+                    format!("revoke {grant}"),
+                );
+            } else {
                 let inherited = store
                     .effective_acl(&addr)?
                     .grants

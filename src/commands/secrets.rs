@@ -30,6 +30,21 @@ pub fn write(cli: &Cli, address: &str, allow_empty: bool, limits: &LimitArgs) ->
     if value.is_empty() && !allow_empty {
         crate::exit::usage!("{addr}: the input is empty; nothing was written (pass --allow-empty to store an empty secret)");
     }
+    let text = output::limits_text(&limits);
+    // Recorded in the write's own transaction: no extra commit, and never one without the other.
+    store.audit_with_next_write(
+        &addr.vault,
+        crate::commands::audit::of_this_process(
+            &addr,
+            "write",
+            None,
+            if text.is_empty() {
+                "write".into()
+            } else {
+                format!("write ({text})")
+            },
+        ),
+    );
     store.write_limited(&addr, value.expose(), limits)?;
     Ok(())
 }
@@ -80,8 +95,18 @@ pub fn wrap(cli: &Cli, address: &str, ttl: &str) -> Result<()> {
     let Some(ttl) = crate::when::parse_duration(ttl) else {
         crate::exit::usage!("{addr}: --ttl {ttl:?} is not a duration such as 10m or 1h");
     };
-    let store = credentials::open_store(cli)?;
+    let mut store = credentials::open_store(cli)?;
     let (token, wrapped) = store.wrap(&addr, ttl, &state_dir()?)?;
+    crate::commands::audit::record(
+        &mut store,
+        &addr,
+        "wrap",
+        Some(wrapped.version),
+        format!(
+            "wrapped until {} UTC",
+            output::format_time(wrapped.expires_ns)
+        ),
+    );
     println!("{token}");
     eprintln!(
         "vaultfs: {addr} (version {}) wrapped until {} UTC; `vaultfs unwrap TOKEN` prints it once",
@@ -104,8 +129,24 @@ pub fn unwrap(cli: &Cli, token: &str) -> Result<()> {
     } else {
         token.to_owned()
     };
-    let store = credentials::open_store(cli)?;
-    match store.unwrap_token(&token, &state_dir()?) {
+    let mut store = credentials::open_store(cli)?;
+    let result = store.unwrap_token(&token, &state_dir()?);
+    match &result {
+        Ok((w, _)) => crate::commands::audit::record(
+            &mut store,
+            &w.address,
+            "unwrap",
+            Some(w.version),
+            "token redeemed".into(),
+        ),
+        Err(
+            e @ (vaultfs_store::UnwrapError::Used(a)
+            | vaultfs_store::UnwrapError::Expired(a)
+            | vaultfs_store::UnwrapError::Changed(a)),
+        ) => crate::commands::audit::record_denied(&mut store, a, "unwrap", e.to_string()),
+        Err(_) => {}
+    }
+    match result {
         Ok((_, value)) => {
             let mut out = std::io::stdout().lock();
             out.write_all(value.expose())
@@ -124,6 +165,7 @@ pub fn gc(cli: &Cli) -> Result<()> {
     let gone = store.gc(output::now_ns())?;
     for addr in &gone {
         println!("removed {addr} (expired)");
+        crate::commands::audit::record(&mut store, addr, "expire", None, "gc".into());
     }
     Ok(())
 }

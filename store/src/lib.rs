@@ -38,6 +38,7 @@
 
 mod acl;
 mod address;
+mod audit;
 mod counts;
 mod crypto;
 mod db;
@@ -66,6 +67,7 @@ pub use acl::{
     VaultAcl, MODE_MASK,
 };
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
+pub use audit::{AuditLog, AuditRecord, Verified};
 pub use counts::OpenCounts;
 pub use entries::Listing;
 pub use error::{Result, StoreError};

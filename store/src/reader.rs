@@ -101,6 +101,10 @@ impl VaultReader {
         &self.store_id
     }
 
+    pub(crate) fn vault(&self) -> &OpenVault {
+        &self.vault
+    }
+
     pub(crate) fn vault_id(&self) -> i64 {
         self.vault.info.id
     }

@@ -82,6 +82,8 @@ pub struct Store {
     /// The highest head verified by this handle.
     head_seen: i64,
     state: Option<StateFile>,
+    /// Audit records (by vault name) committed with the next write transaction.
+    pub(crate) pending_audit: Vec<(String, crate::AuditRecord)>,
 }
 
 /// The unlocked key material and identity of a store, apart from its connection so that a
@@ -131,6 +133,7 @@ impl Store {
                 keys,
                 head_seen: 0,
                 state: None,
+                pending_audit: Vec::new(),
             }),
             Err(e) => {
                 // Leave nothing half-made behind: a later `init` must be able to start over.
@@ -191,6 +194,7 @@ impl Store {
             keys,
             head_seen: head,
             state,
+            pending_audit: Vec::new(),
         })
     }
 
@@ -243,8 +247,15 @@ impl Store {
             });
         }
         let generation = db::bump_generation(&tx).map_err(sqlite)?;
+        let pending = std::mem::take(&mut self.pending_audit);
         let out = f(&tx, generation, keys)
             .and_then(|out| {
+                // The change and its audit record commit together, or neither.
+                for (vault, record) in &pending {
+                    let vault = keys.open_vault_by_name(&tx, vault)?;
+                    crate::audit::AuditLog::for_vault(keys.store_id, &vault)
+                        .append_in(&tx, std::slice::from_ref(record))?;
+                }
                 let vault_keys = keys.vault_head_keys(&tx)?;
                 head::seal(&tx, &keys.store_id, &keys.head_key, generation, &vault_keys)?;
                 Ok(out)
