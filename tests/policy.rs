@@ -616,3 +616,24 @@ fn every_open_and_change_is_audited_in_a_chain_that_detects_tampering() {
     let err = ts.fails(&["audit", "pol"], 3);
     assert!(err.contains("missing"), "{err}");
 }
+
+#[test]
+fn a_key_rotation_starts_a_new_audit_segment_and_writes_keep_working() {
+    let ts = TestStore::new();
+    ts.vault("pol", &[]);
+    ts.write("pol:/a", b"1");
+    ts.ok(&["acl", "grant", "pol:/a", "--user", "root"]);
+    assert!(audit(&ts, &["pol"]).contains("acl       allow pol:/a"));
+    ts.ok(&["key", "rotate", "--yes"]);
+    ts.write("pol:/a", b"2");
+    let verify = audit(&ts, &["--verify"]);
+    assert!(
+        verify.contains("chain intact") && verify.contains("former vault key"),
+        "{verify}"
+    );
+    let after = audit(&ts, &["pol"]);
+    assert!(
+        after.contains("write") && !after.contains("acl "),
+        "{after}"
+    );
+}

@@ -152,6 +152,12 @@ pub fn audit(cli: &Cli, args: &AuditArgs) -> Result<()> {
                 "vault {v}: {} records, chain intact from record {} to the head",
                 verified.records, verified.first_seq
             );
+            if verified.former_key > 0 {
+                println!(
+                    "vault {v}: records up to {} were sealed under a former vault key (key rotate, or the vault was created again) and are not shown",
+                    verified.former_key
+                );
+            }
         }
         return Ok(());
     }

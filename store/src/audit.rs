@@ -64,6 +64,9 @@ pub struct Verified {
     pub records: u64,
     /// The first sequence number kept (after a prune).
     pub first_seq: i64,
+    /// Records up to this number were sealed under a former vault key (`key rotate`, or a
+    /// vault removed and created again) and cannot be read or checked with this one (0: none).
+    pub former_key: i64,
 }
 
 /// The audit log of one vault, with its key.
@@ -87,7 +90,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS audit (
         sealed BLOB NOT NULL, chain BLOB NOT NULL, PRIMARY KEY (vault_id, seq));
     CREATE TABLE IF NOT EXISTS audit_head (
         vault_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, chain BLOB NOT NULL,
-        base_seq INTEGER NOT NULL, base_chain BLOB NOT NULL, mac BLOB NOT NULL);";
+        base_seq INTEGER NOT NULL, base_chain BLOB NOT NULL, mac BLOB NOT NULL,
+        key_id BLOB NOT NULL);";
 
 /// The head: the last record, and where the chain starts.
 struct Head {
@@ -95,6 +99,8 @@ struct Head {
     chain: [u8; 32],
     base_seq: i64,
     base_chain: [u8; 32],
+    /// The stored head was written under another key (see [`AuditLog::key_id`]).
+    former_key: bool,
 }
 
 fn arr(v: Vec<u8>) -> [u8; 32] {
@@ -157,10 +163,17 @@ impl AuditLog {
         )
     }
 
+    /// Names the key without revealing it: a head written under another key (the vault was
+    /// re-keyed by `key rotate`, or removed and created again) starts a new segment.
+    fn key_id(&self) -> [u8; 32] {
+        crypto::mac(&self.key, &[b"key id"])
+    }
+
     fn head(&self, conn: &Connection) -> Result<Option<Head>> {
         let row = conn
             .query_row(
-                "SELECT seq, chain, base_seq, base_chain, mac FROM audit_head WHERE vault_id = ?1",
+                "SELECT seq, chain, base_seq, base_chain, mac, key_id FROM audit_head
+                 WHERE vault_id = ?1",
                 [self.vault_id],
                 |r| {
                     Ok((
@@ -169,18 +182,31 @@ impl AuditLog {
                         r.get::<_, i64>(2)?,
                         r.get::<_, Vec<u8>>(3)?,
                         r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, Vec<u8>>(5)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((seq, chain, base_seq, base_chain, mac)) = row else {
+        let Some((seq, chain, base_seq, base_chain, mac, key_id)) = row else {
             return Ok(None);
         };
+        if !crypto::mac_eq(&key_id, &self.key_id()) {
+            // Written under a former key: what came before is sealed under it, and this key
+            // starts a new segment after it.
+            return Ok(Some(Head {
+                seq,
+                chain: [0; 32],
+                base_seq: seq,
+                base_chain: [0; 32],
+                former_key: true,
+            }));
+        }
         let head = Head {
             seq,
             chain: arr(chain),
             base_seq,
             base_chain: arr(base_chain),
+            former_key: false,
         };
         if !crypto::mac_eq(&self.head_mac(&head), &mac) {
             return Err(self.tamper("its head does not verify".into()));
@@ -190,15 +216,17 @@ impl AuditLog {
 
     fn put_head(&self, conn: &Connection, h: &Head) -> Result<()> {
         conn.execute(
-            "INSERT OR REPLACE INTO audit_head (vault_id, seq, chain, base_seq, base_chain, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO audit_head
+             (vault_id, seq, chain, base_seq, base_chain, mac, key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 self.vault_id,
                 h.seq,
                 &h.chain[..],
                 h.base_seq,
                 &h.base_chain[..],
-                &self.head_mac(h)[..]
+                &self.head_mac(h)[..],
+                &self.key_id()[..]
             ],
         )?;
         Ok(())
@@ -223,6 +251,7 @@ impl AuditLog {
             chain: [0; 32],
             base_seq: 0,
             base_chain: [0; 32],
+            former_key: false,
         });
         for r in records {
             let seq = head.seq + 1;
@@ -248,6 +277,7 @@ impl AuditLog {
                 Verified {
                     records: 0,
                     first_seq: 1,
+                    former_key: 0,
                 },
             ));
         };
@@ -301,6 +331,13 @@ impl AuditLog {
             Verified {
                 records,
                 first_seq: head.base_seq + 1,
+                // A segment started by a new key has a zero base chain (a prune's is a MAC).
+                former_key: if head.former_key || (head.base_seq > 0 && head.base_chain == [0; 32])
+                {
+                    head.base_seq
+                } else {
+                    0
+                },
             },
         ))
     }
