@@ -7,6 +7,7 @@
 #   audit    plain, audit on
 # Usage (as root): bench/policy_opens.sh [VAULTFS_BINARY] [OPENS]
 set -eu
+trap 'for v in plain grants unit audit; do umount -l "$D/$v" 2>/dev/null || true; done' EXIT
 B=${1:-target/release/vaultfs}
 N=${2:-20000}
 U=vfs-pol-bench
@@ -19,14 +20,14 @@ export VAULTFS_STORE=$D/store/store.db VAULTFS_KEY_FILE=$D/key VAULTFS_STATE_DIR
 CG=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 UNIT=bench-pol-$$.service
 mkdir -p "$CG/system.slice/$UNIT"
-setup() { # vault
-    "$B" vault create "$1" --owner root --group root --mode 0440 >/dev/null
+setup() { # vault mode
+    "$B" vault create "$1" --owner root --group root --mode "$2" >/dev/null
     printf 'value' | "$B" write "$1:/s"
 }
-setup plain; "$B" acl set plain:/s --mode 0444
-setup grants; "$B" acl grant grants:/s --user "$U"
-setup unit; "$B" acl grant unit:/s --user "$U" --unit "$UNIT"
-setup audit; "$B" acl set audit:/s --mode 0444
+setup plain 0444
+setup grants 0440; "$B" acl grant grants:/s --user "$U"
+setup unit 0440; "$B" acl grant unit:/s --user "$U" --unit "$UNIT"
+setup audit 0444
 for v in plain grants unit; do mkdir "$D/$v"; VAULTFS_AUDIT=off "$B" mount "$v" "$D/$v"; done
 mkdir "$D/audit"; "$B" mount audit "$D/audit"
 loop="import os,sys,time

@@ -25,7 +25,27 @@ pub const READ: u16 = 0o4;
 /// The POSIX rule: the owner class decides for the owner, else the group class for a member of
 /// the group, else the other class. An owner or group that does not resolve on this host
 /// matches nobody. Root may read anything, as it can on any filesystem.
+#[cfg(test)]
 pub fn allowed(node: &Node, caller: Caller, want: u16) -> bool {
+    allowed_with(node, caller, want, &mut Groups::default())
+}
+
+/// The caller's supplementary groups, read from /proc at most once per decision.
+#[derive(Default)]
+struct Groups(Option<Option<Vec<u32>>>);
+
+impl Groups {
+    fn contains(&mut self, caller: Caller, gid: u32) -> bool {
+        caller.gid == gid
+            || self
+                .0
+                .get_or_insert_with(|| nss::process_groups(caller.pid))
+                .as_ref()
+                .is_some_and(|g| g.contains(&gid))
+    }
+}
+
+fn allowed_with(node: &Node, caller: Caller, want: u16, groups: &mut Groups) -> bool {
     if caller.uid == 0 {
         return true;
     }
@@ -36,7 +56,7 @@ pub fn allowed(node: &Node, caller: Caller, want: u16) -> bool {
     }
     if let Some(gid) = node.acl.group {
         // Supplementary groups cost a read of /proc; ask only when the answer matters.
-        if bits(3) != bits(0) && in_group(caller, gid) {
+        if bits(3) != bits(0) && groups.contains(caller, gid) {
             return bits(3);
         }
         if caller.gid == gid {
@@ -85,13 +105,13 @@ pub fn decide(tree: &Tree, node: &Node, caller: Caller) -> Decision {
     if caller.uid == 0 {
         return Decision::allow("root");
     }
-    if allowed(node, caller, READ) && path_searchable(tree, node, caller) {
-        return Decision::allow("mode");
-    }
+    let mut groups = Groups::default();
+    // Grants first: a user grant is decided by the uid alone, without reading /proc.
     let mut identity: Option<Result<Identity, String>> = None;
     let mut why = "mode";
     for g in node.acl.grants.iter() {
-        let principal = g.uid == Some(caller.uid) || g.gid.is_some_and(|gid| in_group(caller, gid));
+        let principal =
+            g.uid == Some(caller.uid) || g.gid.is_some_and(|gid| groups.contains(caller, gid));
         if !principal {
             continue;
         }
@@ -117,28 +137,29 @@ pub fn decide(tree: &Tree, node: &Node, caller: Caller) -> Decision {
         }
         return Decision::allow(format!("grant {}", g.grant));
     }
+    if allowed_with(node, caller, READ, &mut groups)
+        && path_searchable(tree, node, caller, &mut groups)
+    {
+        return Decision::allow("mode");
+    }
     Decision::deny(why)
 }
 
 /// Whether every directory from the mounted root down to `node`'s parent lets `caller`
 /// search it by owner, group and mode.
-fn path_searchable(tree: &Tree, node: &Node, caller: Caller) -> bool {
+fn path_searchable(tree: &Tree, node: &Node, caller: Caller, groups: &mut Groups) -> bool {
     if !tree.has_reach() {
         // Nothing is widened: the kernel checked the path with the real bits already.
         return true;
     }
     let mut at = node;
     while let Some(parent) = tree.parent(at) {
-        if !allowed(parent, caller, SEARCH) {
+        if !allowed_with(parent, caller, SEARCH, groups) {
             return false;
         }
         at = parent;
     }
     true
-}
-
-fn in_group(caller: Caller, gid: u32) -> bool {
-    caller.gid == gid || nss::process_groups(caller.pid).is_some_and(|groups| groups.contains(&gid))
 }
 
 #[cfg(test)]
