@@ -43,9 +43,13 @@ rate() { # vault [in-unit]
     fi
 }
 for v in plain grants unit audit; do rate "$v" ${v#grants} >/dev/null; done # warm up
-P=$(rate plain); G=$(rate grants); UU=$(rate unit unit); A=$(rate audit)
+# Interleaved rounds, best of each: the machine is shared, and the best run is the least disturbed.
+P=0; G=0; UU=0; A=0
+for _ in 1 2 3 4 5; do
+    P="$P,$(rate plain)"; G="$G,$(rate grants)"; UU="$UU,$(rate unit unit)"; A="$A,$(rate audit)"
+done
 python3 -c "
-p,g,u,a=$P,$G,$UU,$A
+p,g,u,a=max(($P)),max(($G)),max(($UU)),max(($A))
 print(f'plain  {p:9.0f} opens/s  1.00x')
 print(f'grants {g:9.0f} opens/s  {g/p:.2f}x')
 print(f'unit   {u:9.0f} opens/s  {u/p:.2f}x')

@@ -26,6 +26,8 @@ const LINGER: Duration = Duration::from_millis(50);
 
 /// The audit writer of one mount.
 pub(crate) struct Auditor {
+    /// Who each recent caller was (see [`WhoCache`]).
+    who: Mutex<WhoCache>,
     queue: RwLock<Option<Sender<AuditRecord>>>,
     lost: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -39,6 +41,7 @@ impl Auditor {
         let lost = Arc::new(AtomicU64::new(0));
         if off {
             return Auditor {
+                who: Mutex::new(WhoCache::default()),
                 queue: RwLock::new(None),
                 lost,
                 writer: Mutex::new(None),
@@ -52,6 +55,7 @@ impl Auditor {
             .spawn(move || write_loop(&reader, &rx, &counted))
             .ok();
         let auditor = Auditor {
+            who: Mutex::new(WhoCache::default()),
             queue: RwLock::new(writer.as_ref().map(|_| tx)),
             lost,
             writer: Mutex::new(writer),
@@ -115,7 +119,7 @@ impl Auditor {
         if !self.enabled() {
             return;
         }
-        let who = Who::of(caller.pid);
+        let who = self.who.lock().of(caller.pid);
         self.record(AuditRecord {
             t_ns: now_ns(),
             event: event.into(),
@@ -139,7 +143,57 @@ impl Drop for Auditor {
     }
 }
 
+/// How long a caller's exe and unit are reused for its next records.
+const WHO_TTL: Duration = Duration::from_secs(1);
+
+/// Reading three files of /proc on every open would cost the read path more than the rest of
+/// the audit; so a process's record fields are kept for [`WHO_TTL`], pinned by a pidfd (a
+/// process that exited is never taken for a new one with its pid). Only single-threaded
+/// callers' main threads (tid = tgid) are cached. The cost: a process that execs another
+/// binary or moves to another cgroup within that second is recorded with its former exe or
+/// unit. Access decisions never use this cache (see `identity`).
+#[derive(Default)]
+struct WhoCache {
+    known: std::collections::HashMap<u32, (std::time::Instant, std::os::fd::OwnedFd, Who)>,
+}
+
+impl WhoCache {
+    fn of(&mut self, tid: u32) -> Who {
+        if let Some((at, pidfd, who)) = self.known.get(&tid) {
+            let mut fds = [rustix::event::PollFd::new(
+                pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if at.elapsed() < WHO_TTL && matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0))
+            {
+                return who.clone();
+            }
+            self.known.remove(&tid);
+        }
+        let who = Who::of(tid);
+        if who.tgid == Some(tid) {
+            if let Some(pid) = rustix::process::Pid::from_raw(tid as i32) {
+                if let Ok(fd) =
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                {
+                    if self.known.len() >= 1024 {
+                        self.known.clear();
+                    }
+                    self.known
+                        .insert(tid, (std::time::Instant::now(), fd, who.clone()));
+                }
+            }
+        }
+        who
+    }
+}
+
 /// What the audit says of a caller's process (best effort: a process gone leaves `None`s).
+#[derive(Clone)]
 struct Who {
     tgid: Option<u32>,
     exe: Option<String>,
