@@ -1019,6 +1019,108 @@ mod tests {
         assert_eq!(tree.node(INodeNo::ROOT).unwrap().id, 12);
     }
 
+    fn granted(id: i64, parent: i64, name: &str, kind: EntryKind) -> Entry {
+        let acl = AclOverride {
+            grants: vec![vaultfs_store::Grant {
+                principal: vaultfs_store::Principal::User("root".into()),
+                unit: None,
+                exe: None,
+            }],
+            ..AclOverride::default()
+        };
+        entry(id, parent, name, kind, acl)
+    }
+
+    #[test]
+    fn a_grant_widens_its_entry_and_the_way_to_it_and_revoking_narrows_again() {
+        // Vault 0400 root:root: root dir 0500, /dir 0550 (its own override), /dir/a 0440.
+        let mut tree = Tree::new(1, vault(), entries(), VaultPath::root());
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap()
+            .clone();
+        assert_eq!(dir.shown_perm(), 0o550);
+        let mut a = granted(2, 1, "a", EntryKind::File);
+        a.version = 2;
+        let stale = tree.apply(2, None, vec![a.clone()], &[]);
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert_eq!(root.shown_perm(), 0o501, "the way to a grant is searchable");
+        assert!(stale.contains(&Stale::Inode(ROOT_PARENT, INodeNo::ROOT)));
+        let dir = tree.child(root, "dir").unwrap();
+        assert_eq!(dir.shown_perm(), 0o551);
+        assert_eq!(tree.child(dir, "a").unwrap().shown_perm(), 0o444);
+        assert_eq!(tree.child(dir, "b").unwrap().shown_perm(), 0o440);
+        let fresh = Tree::new(
+            2,
+            vault(),
+            tree.entries.values().cloned().collect(),
+            VaultPath::root(),
+        );
+        assert_eq!(fresh.nodes, tree.nodes, "incremental equals from scratch");
+        // Revoked: everything narrows again.
+        let mut plain = entries()[1].clone();
+        plain.version = 3;
+        tree.apply(3, None, vec![plain], &[]);
+        assert_eq!(tree.node(INodeNo::ROOT).unwrap().shown_perm(), 0o500);
+        assert!(!tree.has_reach());
+        // A granted directory lists (r-x) and its children inherit the grant.
+        let mut d = granted(1, 0, "dir", EntryKind::Dir);
+        d.acl.mode = Some(0o440);
+        d.version = 4;
+        tree.apply(4, None, vec![d], &[]);
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap();
+        assert_eq!(dir.shown_perm(), 0o555);
+        assert_eq!(tree.child(dir, "b").unwrap().acl.grants.len(), 1);
+    }
+
+    #[test]
+    fn an_expiry_hides_a_secret_by_time_and_a_new_value_brings_it_back() {
+        let mut rows = entries();
+        rows[3].limits.expires_ns = Some(1_000);
+        let mut tree = Tree::new(1, vault(), rows, VaultPath::root());
+        // Expired before the mount started: never shown, nothing left to do.
+        assert!(tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "top")
+            .is_none());
+        assert!(!tree.has_due(now_ns()));
+        let mut top = entries()[3].clone();
+        top.version = 2;
+        top.limits.expires_ns = Some(now_ns() + 60_000_000_000);
+        tree.apply(2, None, vec![top.clone()], &[]);
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert!(
+            tree.child(root, "top").is_some(),
+            "a new value with a later expiry shows"
+        );
+        let due = top.limits.expires_ns.unwrap();
+        assert!(!tree.has_due(due - 1));
+        assert_eq!(tree.due(due).len(), 1);
+        let stale = tree.expire(due);
+        assert!(!stale.is_empty());
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert!(tree.child(root, "top").is_none(), "gone by the clock");
+        assert!(!tree.has_due(due + 1));
+        // A spent read limit hides that version only.
+        let stale = tree.spend(2, 1);
+        assert!(!stale.is_empty());
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap();
+        assert!(tree.child(dir, "a").is_none());
+        let mut a = entries()[1].clone();
+        a.version = 5;
+        tree.apply(5, None, vec![a], &[]);
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap();
+        assert!(
+            tree.child(dir, "a").is_some(),
+            "a new value starts a new count"
+        );
+    }
+
     /// Random batches of creates, rewrites, renames, moves, ACL changes and removals: the
     /// incrementally updated tree always equals one built from scratch.
     #[test]
