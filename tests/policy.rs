@@ -637,3 +637,54 @@ fn a_key_rotation_starts_a_new_audit_segment_and_writes_keep_working() {
         "{after}"
     );
 }
+
+#[test]
+fn a_caller_outside_the_daemons_pid_namespace_fails_unit_and_exe_conditions_closed() {
+    if !can_mount() || !crate::common::require_tool("unshare") {
+        return;
+    }
+    user(BOB, None);
+    let ts = TestStore::new();
+    closed_vault(&ts);
+    ts.ok(&["acl", "grant", "pol:/app/db", "--user", BOB, "--unit", "/"]);
+    ts.ok(&["acl", "grant", "pol:/app/other", "--user", BOB]);
+    // The daemon in a pid namespace of its own: the kernel reports every caller from the
+    // host as pid 0.
+    let mnt = ts.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let vaultfs = ts.cmd();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--"])
+        .arg(vaultfs.get_program())
+        .args(["mount", "--foreground", "pol", mnt.to_str().unwrap()]);
+    for (k, v) in vaultfs.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    // (Foreground: the namespace ends with its first process.)
+    let mut daemon = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _m = crate::mounts::MountGuard { path: mnt.clone() };
+    wait_until(
+        Duration::from_secs(10),
+        "the mount in its own pid namespace",
+        || crate::mounts::is_mounted(&mnt),
+    );
+    // A plain grant needs no process identity; a unit condition (even "/", which every
+    // process of the host is under) cannot be checked, so it fails closed.
+    assert_eq!(
+        cat_as(BOB, &mnt.join("app/other")).unwrap(),
+        b"other-secret"
+    );
+    let err = cat_as(BOB, &mnt.join("app/db")).unwrap_err();
+    assert!(err.contains("Permission denied"), "{err}");
+    let _ = Command::new("umount").arg(&mnt).status();
+    let _ = crate::mounts::within(Duration::from_secs(10), "the daemon's exit", move || {
+        daemon.wait()
+    });
+}
