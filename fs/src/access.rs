@@ -116,8 +116,10 @@ pub fn decide(tree: &Tree, node: &Node, caller: Caller) -> Decision {
             continue;
         }
         if g.grant.unit.is_some() || g.grant.exe.is_some() {
-            let id =
-                identity.get_or_insert_with(|| Identity::of(caller.pid).map_err(|e| e.to_string()));
+            let id = identity.get_or_insert_with(|| {
+                let exe = node.acl.grants.iter().any(|g| g.grant.exe.is_some());
+                Identity::of_with(caller.pid, exe).map_err(|e| e.to_string())
+            });
             let Ok(id) = id else {
                 why = "grant conditions unverifiable";
                 continue;

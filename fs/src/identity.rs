@@ -42,6 +42,12 @@ pub enum IdentityError {
 impl Identity {
     /// Establishes the identity of the process of thread `tid`.
     pub fn of(tid: u32) -> Result<Identity, IdentityError> {
+        Identity::of_with(tid, true)
+    }
+
+    /// Like [`Identity::of`]; the executable is looked at only when `exe` says it is needed
+    /// (a stat of `/proc/PID/exe` costs the open path).
+    pub fn of_with(tid: u32, exe: bool) -> Result<Identity, IdentityError> {
         if tid == 0 {
             return Err(IdentityError::NoPid);
         }
@@ -53,8 +59,9 @@ impl Identity {
             .map_err(|_| IdentityError::Gone)?
             .lines()
             .find_map(|l| l.strip_prefix("0::").map(str::to_owned));
-        let exe = fs::metadata(format!("/proc/{tgid}/exe"))
-            .ok()
+        let exe = exe
+            .then(|| fs::metadata(format!("/proc/{tgid}/exe")).ok())
+            .flatten()
             .map(|m| (m.dev(), m.ino()));
         // A pidfd polls readable once its process has exited: then what was read above may
         // belong to a newer process that took the pid.
@@ -68,8 +75,9 @@ impl Identity {
             _ => return Err(IdentityError::Gone),
         }
         // The tgid read first must still be the thread's group: a thread id reused by
-        // another process between the first read and the pin is caught here.
-        if status_field(tid, "Tgid:") != Some(tgid) {
+        // another process between the first read and the pin is caught here. (A main thread,
+        // tid = tgid, is the pinned process itself.)
+        if tid != tgid && status_field(tid, "Tgid:") != Some(tgid) {
             return Err(IdentityError::Gone);
         }
         Ok(Identity { tgid, cgroup, exe })
