@@ -510,7 +510,9 @@ in
         # limit. No CAP_DAC_*: the daemon opens only root-owned files (the store, its credential,
         # /dev/fuse) and world-readable /proc/PID/status, so mountpoints must sit in directories
         # root can enter without overriding permissions (/run/keys is root:keys 0750).
-        CapabilityBoundingSet = "CAP_SYS_ADMIN CAP_IPC_LOCK";
+        # CAP_SYS_PTRACE: only to stat /proc/PID/exe of a caller of another uid, for grants
+        # limited to an executable (`acl grant --exe`); without it those fail closed.
+        CapabilityBoundingSet = "CAP_SYS_ADMIN CAP_IPC_LOCK CAP_SYS_PTRACE";
         NoNewPrivileges = true;
         DevicePolicy = "closed";
         DeviceAllow = "/dev/fuse rw";

@@ -87,6 +87,46 @@ pub enum Command {
         /// Store an empty value (empty input is refused otherwise: it is usually a failed pipe)
         #[arg(long)]
         allow_empty: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Print a one-time token that `vaultfs unwrap` redeems once for this version of a secret
+    #[command(after_help = "Example:\n  vaultfs wrap ci:/deploy-key --ttl 10m")]
+    Wrap {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// VAULT:/PATH of a secret
+        address: String,
+        /// How long the token works (10m, 1h, 1d)
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+    },
+    /// Print the secret a wrap token stands for, once (a second unwrap fails)
+    #[command(
+        after_help = "Examples:\n  vaultfs unwrap vaultfs-wrap-3f...\n  vaultfs unwrap - < token-file"
+    )]
+    Unwrap {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The token, or - to read it from stdin
+        token: String,
+    },
+    /// Who opened, wrote, granted or unwrapped what, and what was decided (never a value)
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  vaultfs audit --path web:/tls --since 1d\n  vaultfs audit --denied --json\n  vaultfs audit --verify\n  vaultfs audit prune --before 2026-01-01T00:00:00Z"
+    )]
+    Audit {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        args: AuditArgs,
+    },
+    /// Delete every expired secret of every vault (mounts hide them already)
+    #[command(after_help = "Example:\n  vaultfs gc")]
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Copy every file under a directory into a vault in one transaction (all or nothing); or agenix .age files (--age), or each key of a YAML, JSON or dotenv document on stdin (--format)
     #[command(
@@ -128,6 +168,9 @@ pub enum Command {
         /// JSON for scripts: one object per entry, with everything -l shows
         #[arg(long, conflicts_with = "long")]
         json: bool,
+        /// Also list expired secrets (hidden otherwise, and from mounts)
+        #[arg(long)]
+        expired: bool,
         /// VAULT or VAULT:/DIR
         address: String,
     },
@@ -433,6 +476,10 @@ impl Command {
             | Command::Key { store, .. }
             | Command::Vault { store, .. }
             | Command::Write { store, .. }
+            | Command::Gc { store, .. }
+            | Command::Audit { store, .. }
+            | Command::Wrap { store, .. }
+            | Command::Unwrap { store, .. }
             | Command::Import { store, .. }
             | Command::Cat { store, .. }
             | Command::Ls { store, .. }
@@ -665,4 +712,94 @@ pub enum AclCommand {
         #[arg(long)]
         mode: bool,
     },
+    /// Give one more user or group read access to an entry and everything below it,
+    /// optionally only for the processes of one systemd unit or one executable
+    #[command(
+        after_help = "Examples:\n  vaultfs acl grant web:/tls --user nginx --unit nginx.service\n  vaultfs acl grant ssh:/deploy_key --group deploy --exe /usr/bin/ssh"
+    )]
+    Grant(GrantArgs),
+    /// Remove a grant set on this entry (a grant inherited from above is revoked there)
+    #[command(
+        after_help = "Example:\n  vaultfs acl revoke web:/tls --user nginx --unit nginx.service"
+    )]
+    Revoke(GrantArgs),
+}
+
+/// `vaultfs audit` options.
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    /// `prune --before T`
+    #[command(subcommand)]
+    pub cmd: Option<AuditCommand>,
+    /// Only this vault (default: every vault)
+    pub vault: Option<String>,
+    /// Only this entry, or everything under this directory (VAULT:/PATH)
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Only this caller (user name or uid)
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only callers in this unit (its name or cgroup path)
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// Only since this RFC 3339 time, or this long ago (1h, 7d)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only refusals and alarms
+    #[arg(long)]
+    pub denied: bool,
+    /// JSON for scripts
+    #[arg(long)]
+    pub json: bool,
+    /// Check every vault's chain and head instead of listing (exit 3 when broken)
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// `vaultfs audit prune`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Delete the records older than a time (the chain's verified start moves forward)
+    #[command(after_help = "Example:\n  vaultfs audit prune --before 2026-01-01T00:00:00Z")]
+    Prune {
+        /// RFC 3339 time
+        #[arg(long)]
+        before: String,
+        /// Only this vault (default: every vault)
+        vault: Option<String>,
+    },
+}
+
+/// How long and how often a written value is served.
+#[derive(clap::Args, Debug, Default)]
+pub struct LimitArgs {
+    /// Stop serving the value at this RFC 3339 time (2026-12-31T00:00:00Z)
+    #[arg(long, conflicts_with = "ttl")]
+    pub expires: Option<String>,
+    /// Stop serving the value after this long (24h, 10m, 1h30m, 7d)
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Serve the value to at most N opens through mounts (counted on this host)
+    #[arg(long, value_name = "N")]
+    pub max_opens: Option<u64>,
+}
+
+/// A grant as written on the command line.
+#[derive(clap::Args, Debug)]
+pub struct GrantArgs {
+    /// VAULT:/PATH (a directory or a secret)
+    pub address: String,
+    /// The user granted read access
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub user: Option<String>,
+    /// The group granted read access
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only processes of this systemd unit: a system unit name (nginx.service, meaning
+    /// /system.slice/nginx.service) or a full cgroup path
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// Only processes running this executable (matched by device and inode at each open)
+    #[arg(long)]
+    pub exe: Option<String>,
 }

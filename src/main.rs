@@ -20,6 +20,7 @@ mod mounts;
 mod output;
 mod tty;
 mod watch;
+mod when;
 
 use std::process::ExitCode;
 
@@ -37,8 +38,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Write {
             address,
             allow_empty,
+            limits,
             ..
-        } => secrets::write(cli, address, *allow_empty),
+        } => secrets::write(cli, address, *allow_empty, limits),
         Command::Cat { address, .. } => secrets::cat(cli, address),
         Command::Import {
             dir,
@@ -61,8 +63,13 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             long,
             json,
             address,
+            expired,
             ..
-        } => secrets::ls(cli, address, *long, *json),
+        } => secrets::ls(cli, address, *long, *json, *expired),
+        Command::Gc { .. } => secrets::gc(cli),
+        Command::Audit { args, .. } => audit::audit(cli, args),
+        Command::Wrap { address, ttl, .. } => secrets::wrap(cli, address, ttl),
+        Command::Unwrap { token, .. } => secrets::unwrap(cli, token),
         Command::Rm {
             recursive, address, ..
         } => secrets::rm(cli, address, *recursive),

@@ -38,6 +38,14 @@ pub fn format_time(ns: i64) -> String {
     )
 }
 
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 /// The name `ls` shows: directories end in `/`.
 pub fn shown_name(item: &Listing) -> String {
     if item.entry.is_dir() {
@@ -45,6 +53,19 @@ pub fn shown_name(item: &Listing) -> String {
     } else {
         item.entry.name.clone()
     }
+}
+
+/// What `ls -l` and `acl show` say of a value's limits (empty when it has none).
+pub fn limits_text(limits: &vaultfs_store::Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = limits.expires_ns {
+        let word = if t <= now_ns() { "expired" } else { "expires" };
+        parts.push(format!("{word} {} UTC", format_time(t)));
+    }
+    if let Some(n) = limits.max_opens {
+        parts.push(format!("max-opens {n}"));
+    }
+    parts.join(", ")
 }
 
 /// One `ls -l` row: mode, owner, group, size, modified time (UTC), name.
@@ -56,7 +77,10 @@ pub fn long_row(item: &Listing) -> Vec<String> {
         item.acl.group.value.clone(),
         item.entry.size.to_string(),
         format_time(item.entry.mtime_ns),
-        shown_name(item),
+        match limits_text(&item.entry.limits) {
+            l if l.is_empty() => shown_name(item),
+            l => format!("{} ({l})", shown_name(item)),
+        },
     ]
 }
 
@@ -73,6 +97,8 @@ pub fn listing_json(vault: &str, item: &Listing) -> serde_json::Value {
         "owner": item.acl.owner.value,
         "group": item.acl.group.value,
         "mode": format!("{:04o}", item.acl.mode.value),
+        "expires_ns": item.entry.limits.expires_ns,
+        "max_opens": item.entry.limits.max_opens,
     })
 }
 

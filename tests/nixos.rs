@@ -363,7 +363,10 @@ fn module_generates_config_and_unit() {
     assert_eq!(sc["LoadCredential"], "vaultfs-key:/etc/vaultfs/key");
     assert_eq!(sc["DeviceAllow"], "/dev/fuse rw");
     assert_eq!(sc["DevicePolicy"], "closed");
-    assert_eq!(sc["CapabilityBoundingSet"], "CAP_SYS_ADMIN CAP_IPC_LOCK");
+    assert_eq!(
+        sc["CapabilityBoundingSet"],
+        "CAP_SYS_ADMIN CAP_IPC_LOCK CAP_SYS_PTRACE"
+    );
     assert_eq!(sc["NoNewPrivileges"], true);
     assert_eq!(sc["RestrictAddressFamilies"], "AF_UNIX");
     assert_eq!(sc["StateDirectory"], "vaultfs");

@@ -55,3 +55,5 @@ mod migration_age;
 mod edit;
 // The NixOS module's bundle and identity options, run as systemd would.
 mod nixos_bundle;
+// Grants, service identity, expiry and read limits.
+mod policy;

@@ -118,6 +118,8 @@ pub struct Shared {
     pub(crate) signal: ChangeSignal,
     /// Sealed values of small secrets, so unchanged opens need no store worker.
     cache: SealedCache,
+    /// The audit writer (declared last: dropped after everything that records).
+    audit: crate::audit::Auditor,
 }
 
 #[derive(Debug, Default)]
@@ -158,8 +160,11 @@ impl Shared {
         };
         let workers = pool("vaultfs-store", STORE_WORKERS, STORE_QUEUE)?;
         let openers = pool("vaultfs-open", OPENERS, OPEN_QUEUE)?;
+        let reader = Arc::new(reader);
+        let audit = crate::audit::Auditor::start(&reader);
         let shared = Shared {
-            reader: Arc::new(reader),
+            audit,
+            reader,
             source,
             options,
             tree: RwLock::new(tree),
@@ -367,6 +372,71 @@ impl Shared {
         });
     }
 
+    /// Writes the audit's clean-stop record and everything queued (the session ended).
+    pub(crate) fn finish_audit(&self) {
+        self.audit.finish();
+    }
+
+    /// Hides the secrets whose expiry has come: by time, not only when the store changes.
+    pub(crate) fn expire_due(&self) {
+        let now = crate::view::now_ns();
+        // Most rounds have nothing due: a read lock answers that without blocking opens.
+        if self.tree().has_due(now) {
+            for (path, version) in self.tree().due(now) {
+                self.audit.record(vaultfs_store::AuditRecord {
+                    t_ns: now,
+                    event: "expire".into(),
+                    path: Some(format!("{}:{path}", self.reader.vault_name())),
+                    version: Some(version),
+                    ..Default::default()
+                });
+            }
+            self.apply(|tree| tree.expire(now));
+        }
+    }
+
+    /// Counts an open of a read-limited secret; when the limit is spent, hides the secret and
+    /// refuses (ENOENT, as for an expired one), logging an alarm for a read-once secret.
+    fn count_open(
+        &self,
+        caller: Caller,
+        id: i64,
+        version: i64,
+        max: u64,
+        path: &VaultPath,
+        deadline: Instant,
+    ) -> Result<(), Errno> {
+        match crate::limits::count(&self.reader, &self.workers, id, version, max, deadline)? {
+            // The secret stays listed after its last allowed open, so that the next open
+            // reaches the daemon, is refused, and is audited (an alarm for a read-once secret);
+            // it is hidden then.
+            crate::limits::Counted::Yes { .. } => Ok(()),
+            crate::limits::Counted::Spent => {
+                self.audit.record(vaultfs_store::AuditRecord {
+                    t_ns: crate::view::now_ns(),
+                    event: "read-once".into(),
+                    path: Some(format!("{}:{path}", self.reader.vault_name())),
+                    version: Some(version),
+                    uid: Some(caller.uid),
+                    gid: Some(caller.gid),
+                    decision: Some(if max == 1 { "alarm" } else { "deny" }.into()),
+                    rule: Some(format!("max-opens {max} spent")),
+                    ..Default::default()
+                });
+                if max == 1 {
+                    tracing::warn!(
+                        uid = caller.uid,
+                        pid = caller.pid,
+                        "{}:{path}: ALARM: a read-once secret was opened again; refused",
+                        self.reader.vault_name()
+                    );
+                }
+                self.apply(|tree| tree.spend(id, version));
+                Err(Errno::ENOENT)
+            }
+        }
+    }
+
     fn apply(&self, change: impl FnOnce(&mut Tree) -> Vec<Stale>) {
         let mut tree = self.tree.write();
         let stale = change(&mut tree);
@@ -496,10 +566,22 @@ impl Shared {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return Err(Errno::EROFS);
         }
-        if !access::allowed(node, caller, access::READ) {
+        if node.limits.expired_at(crate::view::now_ns()) {
+            return Err(Errno::ENOENT);
+        }
+        let decision = access::decide(tree, node, caller);
+        self.audit.open(
+            if node.is_dir() { "opendir" } else { "open" },
+            format!("{}:{}", self.reader.vault_name(), tree.path(node)),
+            node.version,
+            caller,
+            &decision,
+        );
+        if !decision.allowed {
             tracing::info!(
                 uid = caller.uid,
                 pid = caller.pid,
+                rule = decision.rule,
                 "{}:{} denied",
                 self.reader.vault_name(),
                 tree.path(node)
@@ -531,7 +613,8 @@ impl Shared {
         }
         let tree = self.tree();
         let node = tree.node(ino)?;
-        if node.is_dir() || node.kind == EntryKind::Template {
+        // A counted open writes the count (on a store worker, bounded): never here.
+        if node.is_dir() || node.kind == EntryKind::Template || node.limits.max_opens.is_some() {
             return None;
         }
         let value = self.cache.get(node.id, node.version)?;
@@ -578,7 +661,7 @@ impl Shared {
                 return Err(Errno::EIO);
             }
         }
-        let (id, version, attr, path) = {
+        let (id, version, attr, path, limits) = {
             let tree = shared.tree();
             let Some(node) = tree.node(ino) else {
                 // An outdated version: the kernel walks the path again and finds the new one
@@ -598,7 +681,13 @@ impl Shared {
                 drop(tree);
                 return self.open_template(caller, ino, render, deadline);
             }
-            (node.id, node.version, node.attr(ino), tree.path(node))
+            (
+                node.id,
+                node.version,
+                node.attr(ino),
+                tree.path(node),
+                node.limits,
+            )
         };
         let fetched = match shared.cache.get(id, version) {
             Some(value) => Ok(Some(value)),
@@ -627,6 +716,9 @@ impl Shared {
             }
         };
         let cache = shared.cache_flags(ino, id);
+        if let Some(max) = limits.max_opens {
+            self.count_open(caller, id, version, max, &path, deadline)?;
+        }
         let fh = shared.handles.insert(OpenFile {
             ino,
             id,

@@ -10,11 +10,14 @@
 #![deny(unsafe_code)]
 
 mod access;
+mod audit;
 mod cache;
 pub mod changes;
 mod driver;
 mod handles;
+pub mod identity;
 mod invalidate;
+mod limits;
 mod mount;
 pub mod mountinfo;
 mod mountpoint;

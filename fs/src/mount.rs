@@ -486,10 +486,13 @@ impl Mounted {
             place,
         } = self;
         let result = session.run();
+        // The mountpoint goes first, as soon as the session ends; then the audit's last
+        // records (its clean stop) are written, which may take a batch's time.
+        place.remove_created();
+        shared.finish_audit();
         // The refresher holds only a weak reference; dropping the last strong one stops it,
         // which drops the invalidation queue and so ends the notifier thread.
         drop(shared);
-        place.remove_created();
         result
     }
 }

@@ -33,6 +33,7 @@ pub fn run(shared: Weak<Shared>) {
         let token = shared.signal.round_start();
         let result = round_of(&shared);
         shared.signal.round_end(result.is_ok().then_some(token));
+        shared.expire_due();
         shared.finish_round(round, result.is_ok());
         shared.report_changes();
         match result {

@@ -8,10 +8,13 @@
 //! same in a vault of ten secrets or of a hundred thousand.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
-use vaultfs_store::{projected_mode, Entry, EntryKind, VaultInfo, VaultPath, ROOT_PARENT};
+use vaultfs_store::{
+    projected_mode, Entry, EntryKind, Grant, Limits, Principal, VaultInfo, VaultPath, ROOT_PARENT,
+};
 
 use crate::nss;
 
@@ -47,7 +50,7 @@ pub fn is_version_ino(ino: INodeNo) -> bool {
 }
 
 /// An ACL with its names resolved to ids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Acl {
     /// The owner's uid, `None` when the name does not resolve.
     pub owner: Option<u32>,
@@ -55,11 +58,41 @@ pub struct Acl {
     pub group: Option<u32>,
     /// Permission bits before projection.
     pub mode: u16,
+    /// The grants in force here: the ancestors' and the entry's own.
+    pub grants: Arc<[ResolvedGrant]>,
+}
+
+/// A [`Grant`] with its principal resolved to an id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedGrant {
+    /// The granted user's uid (`None` for a group grant or an unknown user).
+    pub uid: Option<u32>,
+    /// The granted group's gid (`None` for a user grant or an unknown group).
+    pub gid: Option<u32>,
+    /// The grant as stored, with its conditions.
+    pub grant: Grant,
 }
 
 impl Acl {
-    fn inherit(self, entry: &Entry, ids: &mut IdCache) -> Acl {
+    fn inherit(&self, entry: &Entry, ids: &mut IdCache) -> Acl {
+        let grants = if entry.acl.grants.is_empty() {
+            self.grants.clone()
+        } else {
+            let own = entry.acl.grants.iter().map(|g| ResolvedGrant {
+                uid: match &g.principal {
+                    Principal::User(u) => ids.user(u),
+                    Principal::Group(_) => None,
+                },
+                gid: match &g.principal {
+                    Principal::Group(n) => ids.group(n),
+                    Principal::User(_) => None,
+                },
+                grant: g.clone(),
+            });
+            self.grants.iter().cloned().chain(own).collect()
+        };
         Acl {
+            grants,
             owner: match &entry.acl.owner {
                 Some(name) => ids.user(name),
                 None => self.owner,
@@ -96,12 +129,33 @@ pub struct Node {
     pub mtime_ns: i64,
     /// The resolved ACL, which children inherit.
     pub acl: Acl,
+    /// A directory some entry below grants: shown searchable by all (see [`Node::shown_perm`]).
+    pub reach: bool,
+    /// The value's expiry and read limit.
+    pub limits: Limits,
 }
 
 impl Node {
     /// Permission bits as shown (directories get x wherever they get r).
     pub fn perm(&self) -> u16 {
         projected_mode(self.acl.mode, self.is_dir())
+    }
+
+    /// Permission bits reported to the kernel. The mount keeps `default_permissions`, so the
+    /// kernel checks these before the daemon sees a request; where a grant gives someone
+    /// outside owner and group access, the bits are widened to "other" so the kernel lets the
+    /// request through, and the daemon narrows it at open (opendir, open) with the caller's
+    /// full identity. So `ls -l` never shows less than is allowed: a granted secret shows
+    /// `r` for other, a granted directory `r-x`, and a directory on the way to one `--x`.
+    pub fn shown_perm(&self) -> u16 {
+        let mut perm = self.perm();
+        if !self.acl.grants.is_empty() {
+            perm |= if self.is_dir() { 0o005 } else { 0o004 };
+        }
+        if self.reach {
+            perm |= 0o001;
+        }
+        perm
     }
 
     /// The attributes reported to the kernel.
@@ -121,7 +175,7 @@ impl Node {
             } else {
                 FileType::RegularFile
             },
-            perm: self.perm(),
+            perm: self.shown_perm(),
             nlink: if is_dir { 2 } else { 1 },
             uid: self.acl.owner.unwrap_or(UNRESOLVED_ID),
             gid: self.acl.group.unwrap_or(UNRESOLVED_ID),
@@ -161,6 +215,17 @@ pub struct Tree {
     nodes: HashMap<i64, Node>,
     /// The latest rendering of each template, by entry id.
     renders: HashMap<i64, Render>,
+    /// Entries whose own record grants something, for [`Node::reach`].
+    granted: HashSet<i64>,
+    /// Directories currently marked [`Node::reach`].
+    reach: HashSet<i64>,
+    /// Secrets with an expiry, by (expiry, id), so the ones due are found without a scan.
+    deadlines: std::collections::BTreeSet<(i64, i64)>,
+    /// Secrets not served: expired, or their read limit spent (entry id, and the version
+    /// spent for a read limit).
+    gone: HashMap<i64, Option<i64>>,
+    /// The time expiries were last checked against, ns since the epoch.
+    now_ns: i64,
 }
 
 /// What a template rendered to last (its bytes are never kept: only what they were made of).
@@ -189,12 +254,19 @@ impl Tree {
             root_chain: Vec::new(),
             nodes: HashMap::new(),
             renders: HashMap::new(),
+            granted: HashSet::new(),
+            reach: HashSet::new(),
+            deadlines: Default::default(),
+            gone: HashMap::new(),
+            now_ns: now_ns(),
         };
         for e in entries {
             tree.link(&e);
+            tree.track(&e);
             tree.entries.insert(e.id, e);
         }
         tree.rebuild_view();
+        tree.update_reach(&mut Vec::new());
         tree
     }
 
@@ -261,6 +333,19 @@ impl Tree {
         }
     }
 
+    /// The parent of `node` inside the mount (`None` for the mounted root).
+    pub fn parent(&self, node: &Node) -> Option<&Node> {
+        if Some(node.id) == self.root() {
+            return None;
+        }
+        self.nodes.get(&node.parent)
+    }
+
+    /// Whether some directory is widened for a grant below it (see [`Node::shown_perm`]).
+    pub fn has_reach(&self) -> bool {
+        !self.reach.is_empty()
+    }
+
     /// The child `name` of directory `dir`.
     pub fn child(&self, dir: &Node, name: &str) -> Option<&Node> {
         self.nodes.get(self.children.get(&dir.id)?.get(name)?)
@@ -325,6 +410,12 @@ impl Tree {
 
     /// Records template `id`'s new rendering and reports what that made stale.
     pub fn set_render(&mut self, id: i64, render: Render) -> Vec<Stale> {
+        let mut stale = self.set_render_rows(id, render);
+        self.update_reach(&mut stale);
+        stale
+    }
+
+    fn set_render_rows(&mut self, id: i64, render: Render) -> Vec<Stale> {
         self.renders.insert(id, render);
         if self.root_chain.contains(&id) {
             // The mounted root (a single template) has no parent in the view to inherit from.
@@ -373,6 +464,138 @@ impl Tree {
         upserts: Vec<Entry>,
         deleted: &[i64],
     ) -> Vec<Stale> {
+        let mut stale = self.apply_rows(generation, vault, upserts, deleted);
+        self.update_reach(&mut stale);
+        stale
+    }
+
+    /// Hides the secrets whose expiry has come by `now_ns`, and reports what that made stale.
+    /// Called by the refresher every round, so a secret leaves listings by time, not only
+    /// when the store changes.
+    pub fn expire(&mut self, now_ns: i64) -> Vec<Stale> {
+        self.now_ns = now_ns;
+        let due: Vec<i64> = self
+            .deadlines
+            .range(..=(now_ns, i64::MAX))
+            .map(|(_, id)| *id)
+            .filter(|id| !self.gone.contains_key(id))
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
+        for id in &due {
+            self.gone.insert(*id, None);
+        }
+        self.hide(&due)
+    }
+
+    /// Whether some secret's expiry has come by `now_ns` and it is still shown.
+    pub fn has_due(&self, now_ns: i64) -> bool {
+        self.deadlines
+            .range(..=(now_ns, i64::MAX))
+            .any(|(_, id)| !self.gone.contains_key(id))
+    }
+
+    /// The path and version of each shown secret whose expiry has come by `now_ns`.
+    pub fn due(&self, now_ns: i64) -> Vec<(VaultPath, i64)> {
+        self.deadlines
+            .range(..=(now_ns, i64::MAX))
+            .filter(|(_, id)| !self.gone.contains_key(id))
+            .filter_map(|(_, id)| self.nodes.get(id).map(|n| (self.path(n), n.version)))
+            .collect()
+    }
+
+    /// Hides version `version` of secret `id`: its read limit is spent.
+    pub fn spend(&mut self, id: i64, version: i64) -> Vec<Stale> {
+        if self.entries.get(&id).is_none_or(|e| e.version != version) {
+            return Vec::new();
+        }
+        self.gone.insert(id, Some(version));
+        self.hide(&[id])
+    }
+
+    fn hide(&mut self, ids: &[i64]) -> Vec<Stale> {
+        let mut stale = if ids.iter().any(|id| self.root_chain.contains(id)) {
+            self.rebuild_with_diff()
+        } else {
+            let mut stale = Vec::new();
+            for id in ids {
+                self.refresh_subtree(*id, &mut stale);
+            }
+            stale
+        };
+        self.update_reach(&mut stale);
+        stale
+    }
+
+    /// Whether entry `id` is hidden (expired or spent).
+    fn is_gone(&self, id: i64) -> bool {
+        self.gone.contains_key(&id)
+    }
+
+    /// Records what the tree indexes about `e` (grants, expiry, spent limits).
+    fn track(&mut self, e: &Entry) {
+        if e.acl.grants.is_empty() {
+            self.granted.remove(&e.id);
+        } else {
+            self.granted.insert(e.id);
+        }
+        if let Some(t) = e.limits.expires_ns {
+            self.deadlines.insert((t, e.id));
+        }
+        // A new version is a new value: a limit spent on the old one does not carry over.
+        match self.gone.get(&e.id) {
+            Some(Some(v)) if *v == e.version => {}
+            _ => {
+                self.gone.remove(&e.id);
+            }
+        }
+        if e.limits.expired_at(self.now_ns) {
+            self.gone.insert(e.id, None);
+        }
+    }
+
+    fn untrack(&mut self, e: &Entry) {
+        self.granted.remove(&e.id);
+        if let Some(t) = e.limits.expires_ns {
+            self.deadlines.remove(&(t, e.id));
+        }
+    }
+
+    /// Marks the directories on the way to a granted entry (see [`Node::shown_perm`]).
+    fn update_reach(&mut self, stale: &mut Vec<Stale>) {
+        let mut reach = HashSet::new();
+        for id in &self.granted {
+            let Some(mut at) = self.entries.get(id).map(|e| e.parent) else {
+                continue;
+            };
+            while reach.insert(at) && at != ROOT_PARENT {
+                match self.entries.get(&at) {
+                    Some(e) => at = e.parent,
+                    None => break,
+                }
+            }
+        }
+        for id in self.reach.union(&reach).copied().collect::<Vec<_>>() {
+            let want = reach.contains(&id);
+            let ino = self.ino(id);
+            if let Some(node) = self.nodes.get_mut(&id) {
+                if node.reach != want {
+                    node.reach = want;
+                    stale.push(Stale::Inode(id, ino));
+                }
+            }
+        }
+        self.reach = reach;
+    }
+
+    fn apply_rows(
+        &mut self,
+        generation: i64,
+        vault: Option<VaultInfo>,
+        upserts: Vec<Entry>,
+        deleted: &[i64],
+    ) -> Vec<Stale> {
         self.generation = generation;
         let mut rebuild = vault.is_some();
         if let Some(v) = vault {
@@ -382,6 +605,8 @@ impl Tree {
         for id in deleted {
             if let Some(old) = self.entries.remove(id) {
                 self.unlink(&old);
+                self.untrack(&old);
+                self.gone.remove(id);
                 rebuild |= self.root_chain.contains(id);
                 touched.push(*id);
             }
@@ -390,8 +615,10 @@ impl Tree {
             if let Some(old) = self.entries.get(&e.id) {
                 let old = old.clone();
                 self.unlink(&old);
+                self.untrack(&old);
             }
             self.link(&e);
+            self.track(&e);
             rebuild |= self.root_chain.contains(&e.id)
                 || (self.root().is_none() && self.source.components().contains(&e.name));
             touched.push(e.id);
@@ -467,8 +694,9 @@ impl Tree {
             };
             let parent_acl = self.entries.get(&id).and_then(|e| {
                 let parent = self.nodes.get(&e.parent)?;
-                parent.is_dir().then_some(parent.acl)
+                parent.is_dir().then_some(parent.acl.clone())
             });
+            let parent_acl = parent_acl.filter(|_| !self.is_gone(id));
             if let (Some(entry), Some(acl)) = (self.entries.get(&id), parent_acl) {
                 let node = node_from(entry, acl.inherit(entry, &mut ids), &self.renders);
                 self.nodes.insert(id, node);
@@ -478,7 +706,7 @@ impl Tree {
                 self.nodes.get(&id).is_some_and(Node::is_dir),
             );
             let inherited_changed =
-                before.as_ref().map(|n| n.acl) != self.nodes.get(&id).map(|n| n.acl);
+                before.as_ref().map(|n| &n.acl) != self.nodes.get(&id).map(|n| &n.acl);
             let appeared_or_went = before.is_some() != self.nodes.contains_key(&id);
             self.diff(id, before.as_ref(), ino, stale);
             if (was_dir || now_dir) && (inherited_changed || appeared_or_went) {
@@ -512,6 +740,7 @@ impl Tree {
             owner: ids.user(&self.vault.acl.owner),
             group: ids.group(&self.vault.acl.group),
             mode: self.vault.acl.mode,
+            grants: Arc::from(Vec::new()),
         };
         // Walk from the vault's root down to the mounted path, inheriting ACL overrides on
         // the way: a mounted subtree keeps what its ancestors set.
@@ -532,6 +761,7 @@ impl Tree {
             return;
         };
         let root_node = match self.entries.get(&root) {
+            Some(_) if self.is_gone(root) => return,
             Some(e) => node_from(e, acl, &self.renders),
             None => Node {
                 id: ROOT_PARENT,
@@ -543,6 +773,8 @@ impl Tree {
                 size: 0,
                 mtime_ns: self.vault.created_ns,
                 acl,
+                reach: false,
+                limits: Limits::default(),
             },
         };
         let mut stack = Vec::new();
@@ -551,12 +783,12 @@ impl Tree {
         }
         self.nodes.insert(root, root_node);
         while let Some(dir) = stack.pop() {
-            let dir_acl = self.nodes[&dir].acl;
+            let dir_acl = self.nodes[&dir].acl.clone();
             let Some(kids) = self.children.get(&dir) else {
                 continue;
             };
             for id in kids.values() {
-                let Some(entry) = self.entries.get(id) else {
+                let Some(entry) = self.entries.get(id).filter(|_| !self.is_gone(*id)) else {
                     continue;
                 };
                 let node = node_from(entry, dir_acl.inherit(entry, &mut ids), &self.renders);
@@ -567,6 +799,14 @@ impl Tree {
             }
         }
     }
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 fn node_from(e: &Entry, acl: Acl, renders: &HashMap<i64, Render>) -> Node {
@@ -585,6 +825,8 @@ fn node_from(e: &Entry, acl: Acl, renders: &HashMap<i64, Render>) -> Node {
         },
         mtime_ns: e.mtime_ns,
         acl,
+        reach: false,
+        limits: e.limits,
     }
 }
 
@@ -626,6 +868,7 @@ mod tests {
             acl,
             size: 5,
             mtime_ns: 0,
+            limits: Limits::default(),
         }
     }
 
@@ -655,11 +898,13 @@ mod tests {
             owner: None,
             group: Some("root".into()),
             mode: Some(0o440),
+            ..AclOverride::default()
         };
         let own = AclOverride {
             owner: Some("no-such-user-vaultfs".into()),
             group: None,
             mode: None,
+            ..AclOverride::default()
         };
         vec![
             entry(1, 0, "dir", EntryKind::Dir, dir_acl),
@@ -782,6 +1027,108 @@ mod tests {
         let again = entry(12, 0, "top", EntryKind::File, AclOverride::default());
         tree.apply(3, None, vec![again], &[]);
         assert_eq!(tree.node(INodeNo::ROOT).unwrap().id, 12);
+    }
+
+    fn granted(id: i64, parent: i64, name: &str, kind: EntryKind) -> Entry {
+        let acl = AclOverride {
+            grants: vec![vaultfs_store::Grant {
+                principal: vaultfs_store::Principal::User("root".into()),
+                unit: None,
+                exe: None,
+            }],
+            ..AclOverride::default()
+        };
+        entry(id, parent, name, kind, acl)
+    }
+
+    #[test]
+    fn a_grant_widens_its_entry_and_the_way_to_it_and_revoking_narrows_again() {
+        // Vault 0400 root:root: root dir 0500, /dir 0550 (its own override), /dir/a 0440.
+        let mut tree = Tree::new(1, vault(), entries(), VaultPath::root());
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap()
+            .clone();
+        assert_eq!(dir.shown_perm(), 0o550);
+        let mut a = granted(2, 1, "a", EntryKind::File);
+        a.version = 2;
+        let stale = tree.apply(2, None, vec![a.clone()], &[]);
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert_eq!(root.shown_perm(), 0o501, "the way to a grant is searchable");
+        assert!(stale.contains(&Stale::Inode(ROOT_PARENT, INodeNo::ROOT)));
+        let dir = tree.child(root, "dir").unwrap();
+        assert_eq!(dir.shown_perm(), 0o551);
+        assert_eq!(tree.child(dir, "a").unwrap().shown_perm(), 0o444);
+        assert_eq!(tree.child(dir, "b").unwrap().shown_perm(), 0o440);
+        let fresh = Tree::new(
+            2,
+            vault(),
+            tree.entries.values().cloned().collect(),
+            VaultPath::root(),
+        );
+        assert_eq!(fresh.nodes, tree.nodes, "incremental equals from scratch");
+        // Revoked: everything narrows again.
+        let mut plain = entries()[1].clone();
+        plain.version = 3;
+        tree.apply(3, None, vec![plain], &[]);
+        assert_eq!(tree.node(INodeNo::ROOT).unwrap().shown_perm(), 0o500);
+        assert!(!tree.has_reach());
+        // A granted directory lists (r-x) and its children inherit the grant.
+        let mut d = granted(1, 0, "dir", EntryKind::Dir);
+        d.acl.mode = Some(0o440);
+        d.version = 4;
+        tree.apply(4, None, vec![d], &[]);
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap();
+        assert_eq!(dir.shown_perm(), 0o555);
+        assert_eq!(tree.child(dir, "b").unwrap().acl.grants.len(), 1);
+    }
+
+    #[test]
+    fn an_expiry_hides_a_secret_by_time_and_a_new_value_brings_it_back() {
+        let mut rows = entries();
+        rows[3].limits.expires_ns = Some(1_000);
+        let mut tree = Tree::new(1, vault(), rows, VaultPath::root());
+        // Expired before the mount started: never shown, nothing left to do.
+        assert!(tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "top")
+            .is_none());
+        assert!(!tree.has_due(now_ns()));
+        let mut top = entries()[3].clone();
+        top.version = 2;
+        top.limits.expires_ns = Some(now_ns() + 60_000_000_000);
+        tree.apply(2, None, vec![top.clone()], &[]);
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert!(
+            tree.child(root, "top").is_some(),
+            "a new value with a later expiry shows"
+        );
+        let due = top.limits.expires_ns.unwrap();
+        assert!(!tree.has_due(due - 1));
+        assert_eq!(tree.due(due).len(), 1);
+        let stale = tree.expire(due);
+        assert!(!stale.is_empty());
+        let root = tree.node(INodeNo::ROOT).unwrap();
+        assert!(tree.child(root, "top").is_none(), "gone by the clock");
+        assert!(!tree.has_due(due + 1));
+        // A spent read limit hides that version only.
+        let stale = tree.spend(2, 1);
+        assert!(!stale.is_empty());
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap();
+        assert!(tree.child(dir, "a").is_none());
+        let mut a = entries()[1].clone();
+        a.version = 5;
+        tree.apply(5, None, vec![a], &[]);
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap();
+        assert!(
+            tree.child(dir, "a").is_some(),
+            "a new value starts a new count"
+        );
     }
 
     /// Random batches of creates, rewrites, renames, moves, ACL changes and removals: the

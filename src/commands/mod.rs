@@ -1,6 +1,7 @@
 //! One module per command family.
 
 pub mod acl;
+pub mod audit;
 pub mod bundle;
 pub mod demo;
 pub mod docs;

@@ -1,19 +1,20 @@
 //! `write`, `cat`, `ls`, `rm`, `mv`, `mkdir`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use vaultfs_store::{Address, VaultPath, MAX_SECRET_SIZE};
+use vaultfs_store::{Address, Limits, VaultPath, MAX_SECRET_SIZE};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, LimitArgs};
 use crate::credentials;
 use crate::output;
 
 /// Stores stdin as the secret at `address`. Empty input is refused unless `allow_empty`:
 /// `false | vaultfs write` or an early Ctrl-D would otherwise replace a secret with nothing.
-pub fn write(cli: &Cli, address: &str, allow_empty: bool) -> Result<()> {
+pub fn write(cli: &Cli, address: &str, allow_empty: bool, limits: &LimitArgs) -> Result<()> {
     let addr = Address::parse_entry(address)?;
+    let limits = limits_of(&addr, limits)?;
     let mut store = credentials::open_store(cli)?;
     // Echo goes off before the prompt shows, so nothing typed after it is echoed.
     let echo_off = crate::tty::EchoOff::stdin();
@@ -29,7 +30,143 @@ pub fn write(cli: &Cli, address: &str, allow_empty: bool) -> Result<()> {
     if value.is_empty() && !allow_empty {
         crate::exit::usage!("{addr}: the input is empty; nothing was written (pass --allow-empty to store an empty secret)");
     }
-    store.write(&addr, value.expose())?;
+    let text = output::limits_text(&limits);
+    // Recorded in the write's own transaction: no extra commit, and never one without the other.
+    store.audit_with_next_write(
+        &addr.vault,
+        crate::commands::audit::of_this_process(
+            &addr,
+            "write",
+            None,
+            if text.is_empty() {
+                "write".into()
+            } else {
+                format!("write ({text})")
+            },
+        ),
+    );
+    store.write_limited(&addr, value.expose(), limits)?;
+    Ok(())
+}
+
+/// The limits the options ask for, checked: a time in the future, a count above zero.
+fn limits_of(addr: &Address, args: &LimitArgs) -> Result<Limits> {
+    let now = output::now_ns();
+    let expires_ns = match (&args.expires, &args.ttl) {
+        (Some(t), _) => {
+            let Some(at) = crate::when::parse_instant(t) else {
+                crate::exit::usage!(
+                    "{addr}: --expires {t:?} is not an RFC 3339 time such as 2026-12-31T00:00:00Z"
+                );
+            };
+            if at <= now {
+                crate::exit::usage!("{addr}: --expires {t} is in the past; nothing was written");
+            }
+            Some(at)
+        }
+        (None, Some(d)) => {
+            let Some(ttl) = crate::when::parse_duration(d) else {
+                crate::exit::usage!(
+                    "{addr}: --ttl {d:?} is not a duration such as 24h, 10m or 1h30m"
+                );
+            };
+            Some(now.saturating_add(i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX)))
+        }
+        (None, None) => None,
+    };
+    if args.max_opens == Some(0) {
+        crate::exit::usage!("{addr}: --max-opens 0 would never be served; give 1 or more");
+    }
+    Ok(Limits {
+        expires_ns,
+        max_opens: args.max_opens,
+    })
+}
+
+fn state_dir() -> Result<std::path::PathBuf> {
+    vaultfs_store::default_state_dir().ok_or_else(|| {
+        anyhow::anyhow!("no state directory for wrap tokens: set VAULTFS_STATE_DIR or HOME")
+    })
+}
+
+/// Prints a one-time token for the secret at `address`.
+pub fn wrap(cli: &Cli, address: &str, ttl: &str) -> Result<()> {
+    let addr = Address::parse_entry(address)?;
+    let Some(ttl) = crate::when::parse_duration(ttl) else {
+        crate::exit::usage!("{addr}: --ttl {ttl:?} is not a duration such as 10m or 1h");
+    };
+    let mut store = credentials::open_store(cli)?;
+    let (token, wrapped) = store.wrap(&addr, ttl, &state_dir()?)?;
+    crate::commands::audit::record(
+        &mut store,
+        &addr,
+        "wrap",
+        Some(wrapped.version),
+        format!(
+            "wrapped until {} UTC",
+            output::format_time(wrapped.expires_ns)
+        ),
+    );
+    println!("{token}");
+    eprintln!(
+        "vaultfs: {addr} (version {}) wrapped until {} UTC; `vaultfs unwrap TOKEN` prints it once",
+        wrapped.version,
+        output::format_time(wrapped.expires_ns)
+    );
+    Ok(())
+}
+
+/// Prints the secret a wrap token stands for, once.
+pub fn unwrap(cli: &Cli, token: &str) -> Result<()> {
+    let token = if token == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .lock()
+            .take(4096)
+            .read_to_string(&mut t)
+            .context("reading the token from stdin")?;
+        t
+    } else {
+        token.to_owned()
+    };
+    let mut store = credentials::open_store(cli)?;
+    let result = store.unwrap_token(&token, &state_dir()?);
+    match &result {
+        Ok((w, _)) => crate::commands::audit::record(
+            &mut store,
+            &w.address,
+            "unwrap",
+            Some(w.version),
+            "token redeemed".into(),
+        ),
+        Err(
+            e @ (vaultfs_store::UnwrapError::Used(a)
+            | vaultfs_store::UnwrapError::Expired(a)
+            | vaultfs_store::UnwrapError::Changed(a)),
+        ) => crate::commands::audit::record_denied(&mut store, a, "unwrap", e.to_string()),
+        Err(_) => {}
+    }
+    match result {
+        Ok((_, value)) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(value.expose())
+                .and_then(|()| out.flush())
+                .context("writing to stdout")?;
+            Ok(())
+        }
+        Err(vaultfs_store::UnwrapError::Store(e)) => Err(e.into()),
+        Err(e) => anyhow::bail!("{e}"),
+    }
+}
+
+/// Deletes every expired secret.
+pub fn gc(cli: &Cli) -> Result<()> {
+    let mut store = credentials::open_store(cli)?;
+    let gone = store.gc(output::now_ns())?;
+    for addr in &gone {
+        println!("removed {addr} (expired)");
+        crate::commands::audit::record(&mut store, addr, "expire", None, "gc".into());
+    }
     Ok(())
 }
 
@@ -198,10 +335,14 @@ pub fn cat(cli: &Cli, address: &str) -> Result<()> {
 }
 
 /// Lists a vault or directory: names, a long table (`-l`), or JSON.
-pub fn ls(cli: &Cli, address: &str, long: bool, json: bool) -> Result<()> {
+pub fn ls(cli: &Cli, address: &str, long: bool, json: bool, expired: bool) -> Result<()> {
     let addr = Address::parse(address)?;
     let store = credentials::open_store(cli)?;
-    let listing = store.list(&addr)?;
+    let now = output::now_ns();
+    let mut listing = store.list(&addr)?;
+    if !expired {
+        listing.retain(|item| !item.entry.limits.expired_at(now));
+    }
     if json {
         let items = listing
             .iter()

@@ -30,12 +30,77 @@ pub struct AclOverride {
     /// Permission bits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u16>,
+    /// Read grants beyond owner, group and mode; inherited by everything below, added to
+    /// (never replacing) the grants of the ancestors. Only `Store::grant`/`revoke` change them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<Grant>,
+}
+
+/// Read access for one more user or group, optionally only for the processes of one systemd
+/// unit or one executable. The conditions only narrow: a grant never gives more than read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Who: a user or a group name (resolved through NSS at mount time).
+    pub principal: Principal,
+    /// Only processes whose cgroup v2 path is this unit's: a full path such as
+    /// `/system.slice/nginx.service`, or a unit name, meaning `/system.slice/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Only processes running this executable: matched by the device and inode of the file
+    /// at this absolute path at the time of the open (the path is what the admin wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+}
+
+/// The principal of a [`Grant`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Principal {
+    /// A user name.
+    User(String),
+    /// A group name.
+    Group(String),
+}
+
+impl Grant {
+    /// The cgroup v2 path a unit condition stands for: a name like `nginx.service` means the
+    /// system unit, `/system.slice/nginx.service`; a path is taken as written. A user's own
+    /// unit (under `/user.slice/...`) therefore never matches a system unit's rule.
+    pub fn unit_cgroup(&self) -> Option<String> {
+        self.unit.as_ref().map(|u| {
+            if u.starts_with('/') {
+                u.trim_end_matches('/').to_owned()
+            } else {
+                format!("/system.slice/{u}")
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.principal {
+            Principal::User(u) => write!(f, "user {u}")?,
+            Principal::Group(g) => write!(f, "group {g}")?,
+        }
+        if let Some(u) = &self.unit {
+            write!(f, " unit {u}")?;
+        }
+        if let Some(e) = &self.exe {
+            write!(f, " exe {e}")?;
+        }
+        Ok(())
+    }
 }
 
 impl AclOverride {
     /// Whether this override changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.owner.is_none() && self.group.is_none() && self.mode.is_none()
+        self.owner.is_none()
+            && self.group.is_none()
+            && self.mode.is_none()
+            && self.grants.is_empty()
     }
 
     /// Applies the fields `change` sets, keeping the others.
@@ -79,6 +144,8 @@ pub struct EffectiveAcl {
     pub group: Inherited<String>,
     /// Permission bits as stored (before the directory projection).
     pub mode: Inherited<u16>,
+    /// Every grant in force: the entry's own and its ancestors', each with where it is set.
+    pub grants: Vec<Inherited<Grant>>,
 }
 
 impl EffectiveAcl {
@@ -101,8 +168,15 @@ impl EffectiveAcl {
                 value: defaults.mode & MODE_MASK,
                 source: AclSource::Vault,
             },
+            grants: Vec::new(),
         };
         for (path, o) in chain {
+            for g in &o.grants {
+                acl.grants.push(Inherited {
+                    value: g.clone(),
+                    source: AclSource::Entry(path.clone()),
+                });
+            }
             if let Some(v) = &o.owner {
                 acl.owner = Inherited {
                     value: v.clone(),

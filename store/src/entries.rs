@@ -3,11 +3,11 @@
 
 use rusqlite::Connection;
 
-use crate::acl::{AclOverride, EffectiveAcl};
+use crate::acl::{AclOverride, EffectiveAcl, Grant};
 use crate::address::{Address, VaultPath};
 use crate::error::{Result, StoreError};
 use crate::records::{now_ns, EntryKind};
-use crate::rows::{self, Entry, RowContent, MAX_SECRET_SIZE, ROOT_PARENT};
+use crate::rows::{self, Entry, Limits, RowContent, MAX_SECRET_SIZE, ROOT_PARENT};
 use crate::secret::SecretBytes;
 use crate::store::{Keys, OpenVault, Store};
 
@@ -98,6 +98,7 @@ fn insert_dir(
         acl: AclOverride::default(),
         value: None,
         mtime_ns: now_ns(),
+        limits: Limits::default(),
     };
     rows::insert(conn, &keys.store_id, vault, generation, &content)
 }
@@ -141,11 +142,23 @@ fn write_in(
     generation: i64,
     addr: &Address,
     value: &[u8],
+    limits: Limits,
 ) -> Result<Entry> {
-    write_kind_in(tx, keys, vault, generation, addr, EntryKind::File, value)
+    write_kind_in(
+        tx,
+        keys,
+        vault,
+        generation,
+        addr,
+        EntryKind::File,
+        value,
+        limits,
+    )
 }
 
 /// Writes one secret or template inside a write transaction; never turns one into the other.
+// The transaction's context (tx, keys, vault, generation) and the row's content.
+#[allow(clippy::too_many_arguments)]
 fn write_kind_in(
     tx: &Connection,
     keys: &Keys,
@@ -154,6 +167,7 @@ fn write_kind_in(
     addr: &Address,
     kind: EntryKind,
     value: &[u8],
+    limits: Limits,
 ) -> Result<Entry> {
     let name = addr
         .path
@@ -169,6 +183,7 @@ fn write_kind_in(
         acl,
         value: Some(value),
         mtime_ns: now_ns(),
+        limits,
     };
     match existing {
         Some(old) if old.is_dir() => Err(StoreError::IsADirectory(addr.to_string())),
@@ -203,10 +218,15 @@ fn write_kind_in(
 impl Store {
     /// Stores `value` at `addr`, creating parent directories; replaces an existing secret.
     pub fn write(&mut self, addr: &Address, value: &[u8]) -> Result<Entry> {
+        self.write_limited(addr, value, Limits::default())
+    }
+
+    /// Stores `value` at `addr` like [`Store::write`], served only within `limits`.
+    pub fn write_limited(&mut self, addr: &Address, value: &[u8], limits: Limits) -> Result<Entry> {
         check_size(addr, value)?;
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
-            write_in(tx, keys, &vault, generation, addr, value)
+            write_in(tx, keys, &vault, generation, addr, value, limits)
         })
     }
 
@@ -238,7 +258,15 @@ impl Store {
                     path,
                 };
                 check_size(&addr, value.expose())?;
-                write_in(tx, keys, &vault, generation, &addr, value.expose())?;
+                write_in(
+                    tx,
+                    keys,
+                    &vault,
+                    generation,
+                    &addr,
+                    value.expose(),
+                    Limits::default(),
+                )?;
                 count += 1;
             }
             Ok(count)
@@ -260,7 +288,16 @@ impl Store {
         check_size(addr, value)?;
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
-            write_kind_in(tx, keys, &vault, generation, addr, kind, value)
+            write_kind_in(
+                tx,
+                keys,
+                &vault,
+                generation,
+                addr,
+                kind,
+                value,
+                Limits::default(),
+            )
         })
     }
 
@@ -297,6 +334,9 @@ impl Store {
                 .ok_or_else(|| StoreError::IsADirectory(addr.to_string()))?;
             if entry.is_dir() {
                 return Err(StoreError::IsADirectory(addr.to_string()));
+            }
+            if entry.limits.expired_at(now_ns()) {
+                return Err(StoreError::NotFound(format!("{addr} (expired)")));
             }
             if entry.kind == EntryKind::Template {
                 return self.render_template(addr, entry);
@@ -432,6 +472,38 @@ impl Store {
         })
     }
 
+    /// Deletes every secret of every vault whose expiry is at or before `now_ns`, in one
+    /// transaction (the freed pages are zeroed by `secure_delete`); returns their addresses.
+    pub fn gc(&mut self, now_ns: i64) -> Result<Vec<Address>> {
+        let names: Vec<String> = self.list_vaults()?.into_iter().map(|v| v.name).collect();
+        self.write_txn(|tx, generation, keys| {
+            let mut gone = Vec::new();
+            for name in &names {
+                let vault = keys.open_vault_by_name(tx, name)?;
+                let mut doomed = Vec::new();
+                let mut stack = vec![(ROOT_PARENT, VaultPath::root())];
+                while let Some((dir, path)) = stack.pop() {
+                    for kid in rows::children(tx, &keys.store_id, &vault, dir)? {
+                        let at = path.join(&kid.name);
+                        if kid.is_dir() {
+                            stack.push((kid.id, at));
+                        } else if kid.limits.expired_at(now_ns) {
+                            doomed.push(kid.id);
+                            gone.push(Address {
+                                vault: name.clone(),
+                                path: at,
+                            });
+                        }
+                    }
+                }
+                if !doomed.is_empty() {
+                    rows::delete(tx, &vault, generation, &doomed)?;
+                }
+            }
+            Ok(gone)
+        })
+    }
+
     /// Renames or moves an entry inside one vault. Refuses to replace an existing entry.
     pub fn rename(&mut self, from: &Address, to: &Address) -> Result<Entry> {
         if from.vault != to.vault {
@@ -480,6 +552,7 @@ impl Store {
                 acl: entry.acl.clone(),
                 value: value.as_ref().map(|v| v.expose()),
                 mtime_ns: now_ns(),
+                limits: entry.limits,
             };
             rows::rewrite(tx, &keys.store_id, &vault, generation, entry, &content)
         })
@@ -492,7 +565,11 @@ impl Store {
             self.set_vault_acl(&addr.vault, change)?;
             return Ok(());
         }
-        self.change_entry_acl(addr, |acl| acl.merge(change))
+        self.edit_acl(addr, |acl| {
+            acl.merge(change);
+            true
+        })
+        .map(|_| ())
     }
 
     /// Removes the overrides of `addr` named by `which` (owner, group, mode), so the entry
@@ -503,7 +580,7 @@ impl Store {
                 "{addr}: a vault's defaults cannot be removed, only changed (vaultfs acl set)"
             )));
         }
-        self.change_entry_acl(addr, |acl| {
+        self.edit_acl(addr, |acl| {
             if which.owner {
                 acl.owner = None;
             }
@@ -513,14 +590,54 @@ impl Store {
             if which.mode {
                 acl.mode = None;
             }
+            true
+        })
+        .map(|_| ())
+    }
+
+    /// Adds `grant` to the entry at `addr`; `false` if it was there already.
+    pub fn grant(&mut self, addr: &Address, grant: &Grant) -> Result<bool> {
+        self.grant_edit(addr, |grants| {
+            if grants.contains(grant) {
+                return false;
+            }
+            grants.push(grant.clone());
+            grants.sort();
+            true
         })
     }
 
-    fn change_entry_acl(
+    /// Removes `grant` from the entry at `addr`; `false` if it was not set there (a grant
+    /// inherited from an ancestor is revoked on that ancestor).
+    pub fn revoke(&mut self, addr: &Address, grant: &Grant) -> Result<bool> {
+        self.grant_edit(addr, |grants| {
+            let before = grants.len();
+            grants.retain(|g| g != grant);
+            grants.len() != before
+        })
+    }
+
+    fn grant_edit(
         &mut self,
         addr: &Address,
-        change: impl FnOnce(&mut AclOverride),
-    ) -> Result<()> {
+        edit: impl FnOnce(&mut Vec<Grant>) -> bool,
+    ) -> Result<bool> {
+        if addr.path.is_root() {
+            return Err(StoreError::InvalidOperation(format!(
+                "{addr}: grants are set on a directory or a secret, not on a vault's root; \
+                 put the vault's secrets in a directory and grant that"
+            )));
+        }
+        self.edit_acl(addr, |acl| edit(&mut acl.grants))
+    }
+
+    /// Rewrites the entry at `addr` with its ACL changed by `edit` (skipped when `edit` says
+    /// nothing changed).
+    fn edit_acl(
+        &mut self,
+        addr: &Address,
+        edit: impl FnOnce(&mut AclOverride) -> bool,
+    ) -> Result<bool> {
         self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
             let chain = resolve_chain(tx, keys, &vault, addr)?;
@@ -528,7 +645,9 @@ impl Store {
                 StoreError::InvalidOperation(format!("{addr}: names the vault's root"))
             })?;
             let mut acl = entry.acl.clone();
-            change(&mut acl);
+            if !edit(&mut acl) {
+                return Ok(false);
+            }
             let value = match entry.kind {
                 EntryKind::File | EntryKind::Template => Some(
                     rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?
@@ -543,9 +662,10 @@ impl Store {
                 acl,
                 value: value.as_ref().map(|v| v.expose()),
                 mtime_ns: now_ns(),
+                limits: entry.limits,
             };
             rows::rewrite(tx, &keys.store_id, &vault, generation, entry, &content)?;
-            Ok(())
+            Ok(true)
         })
         .map_err(|e| retag(e, addr))
     }

@@ -46,7 +46,9 @@
 
 mod acl;
 mod address;
+mod audit;
 mod bundle;
+mod counts;
 mod crypto;
 mod db;
 mod dump;
@@ -69,13 +71,16 @@ mod store;
 mod sys;
 pub mod template;
 mod value;
+mod wrap;
 
 pub use acl::{
-    parse_mode, projected_mode, AclOverride, AclSource, EffectiveAcl, Inherited, VaultAcl,
-    MODE_MASK,
+    parse_mode, projected_mode, AclOverride, AclSource, EffectiveAcl, Grant, Inherited, Principal,
+    VaultAcl, MODE_MASK,
 };
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
+pub use audit::{AuditLog, AuditRecord, Verified};
 pub use bundle::{Applied, ApplyOptions, Bundle, Shown, ShownSlot};
+pub use counts::OpenCounts;
 pub use entries::{AclFields, Listing};
 pub use error::{Result, StoreError};
 pub use head::default_state_dir;
@@ -85,7 +90,8 @@ pub use reader::{Changes, Snapshot, VaultReader};
 pub use recipient::{Identity, Recipient};
 pub use records::EntryKind;
 pub use rotate::Rotated;
-pub use rows::{Entry, MAX_SECRET_SIZE, ROOT_PARENT};
+pub use rows::{Entry, Limits, MAX_SECRET_SIZE, ROOT_PARENT};
 pub use secret::{Key, SecretBytes};
 pub use store::{OpenOptions, Store, VaultInfo};
 pub use value::SealedValue;
+pub use wrap::{UnwrapError, Wrapped};

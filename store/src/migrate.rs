@@ -17,7 +17,7 @@ use crate::db;
 use crate::error::{Result, StoreError};
 use crate::head;
 use crate::keyslot::Credential;
-use crate::records::{self, EntryMeta, RECORD_VERSION};
+use crate::records::{self, EntryMeta, BASE_RECORD_VERSION};
 use crate::rows;
 use crate::secret::Key;
 use crate::store::{seal_vault_record, unlock, Keys, OpenVault, VaultInfo};
@@ -167,7 +167,7 @@ fn upgrade_entries_v1(
         )
         .ok_or_else(|| StoreError::Tampered { what: what() })?;
         let mut record: EntryMeta = records::decode(plain.expose(), 1, what)?;
-        record.v = RECORD_VERSION;
+        record.v = BASE_RECORD_VERSION;
         let new_meta = records::seal_json(
             &vault.key,
             &rows::meta_aad(sid, vault, *id, *version),

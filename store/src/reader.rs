@@ -109,6 +109,18 @@ impl VaultReader {
         self.detached.store(true, Ordering::Release);
     }
 
+    pub(crate) fn store_id(&self) -> &[u8; 16] {
+        &self.store_id
+    }
+
+    pub(crate) fn vault(&self) -> &OpenVault {
+        &self.vault
+    }
+
+    pub(crate) fn vault_id(&self) -> i64 {
+        self.vault.info.id
+    }
+
     fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let pooled = self.pool.lock().pop();
         let conn = match pooled {

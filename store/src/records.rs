@@ -10,8 +10,11 @@ use crate::crypto;
 use crate::error::{Result, StoreError};
 use crate::secret::{Key, SecretBytes};
 
-/// The record format version written by this build.
-pub(crate) const RECORD_VERSION: u32 = 2;
+/// The newest record format version this build reads and writes.
+pub(crate) const RECORD_VERSION: u32 = 3;
+/// The version written when a record needs nothing newer, so a store that uses no grant,
+/// expiry or read limit stays readable by the builds before them.
+pub(crate) const BASE_RECORD_VERSION: u32 = 2;
 
 /// A directory or a secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +54,24 @@ pub(crate) struct EntryMeta {
     pub size: u64,
     pub mtime_ns: i64,
     pub created_ns: i64,
+    /// Version 3: when the secret stops being served (ns since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ns: Option<i64>,
+    /// Version 3: how many opens through mounts may succeed, counted in local state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_opens: Option<u64>,
+}
+
+impl EntryMeta {
+    /// The lowest record version that can hold this record: an older build must refuse a
+    /// record with a grant, expiry or read limit rather than serve it without them.
+    pub fn needed_version(&self) -> u32 {
+        if self.acl.grants.is_empty() && self.expires_ns.is_none() && self.max_opens.is_none() {
+            BASE_RECORD_VERSION
+        } else {
+            RECORD_VERSION
+        }
+    }
 }
 
 /// Serializes `record` and seals it.
@@ -76,7 +97,15 @@ pub(crate) fn open_json<T: for<'de> Deserialize<'de>>(
         Some(p) => p,
         None => return Err(StoreError::Tampered { what: what() }),
     };
-    decode(plain.expose(), RECORD_VERSION, what)
+    let v = match serde_json::from_slice::<Version>(plain.expose()) {
+        Ok(Version { v })
+            if (u64::from(BASE_RECORD_VERSION)..=u64::from(RECORD_VERSION)).contains(&v) =>
+        {
+            v as u32
+        }
+        _ => RECORD_VERSION,
+    };
+    decode(plain.expose(), v, what)
 }
 
 /// Parses an authenticated record of version `expected`.
@@ -131,21 +160,21 @@ mod tests {
         .unwrap();
         assert_eq!(ok.name, "a");
         // A newer writer's record: refused by version before any field is read.
-        let future = crypto::seal(&key, b"ad", &meta_json(3, r#","expires_ns":5"#));
+        let future = crypto::seal(&key, b"ad", &meta_json(4, r#","expires_at":5"#));
         let err = open_json::<EntryMeta>(&key, b"ad", &future, what).unwrap_err();
         assert!(
             matches!(
                 &err,
                 StoreError::UnsupportedRecord {
-                    found: 3,
-                    supported: 2,
+                    found: 4,
+                    supported: 3,
                     ..
                 }
             ),
             "{err}"
         );
         assert!(
-            err.to_string().contains("entry #1 has record version 3"),
+            err.to_string().contains("entry #1 has record version 4"),
             "{err}"
         );
         // A field this build does not know, under a known version: never silently ignored.

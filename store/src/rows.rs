@@ -37,6 +37,25 @@ pub struct Entry {
     pub size: u64,
     /// Last change of value or metadata, ns since the epoch.
     pub mtime_ns: i64,
+    /// Expiry and read limit of this value.
+    pub limits: Limits,
+}
+
+/// How long, and how many times, a value is served; set with the value by `write` (a new
+/// value starts with the limits it is written with) and kept by `mv` and `acl`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// When the value stops being served, ns since the epoch.
+    pub expires_ns: Option<i64>,
+    /// How many opens through mounts may succeed (counted per host, in local state).
+    pub max_opens: Option<u64>,
+}
+
+impl Limits {
+    /// Whether the value has expired at `now_ns`.
+    pub fn expired_at(&self, now_ns: i64) -> bool {
+        self.expires_ns.is_some_and(|t| t <= now_ns)
+    }
 }
 
 impl Entry {
@@ -83,6 +102,10 @@ fn entry_from(id: i64, version: i64, meta: EntryMeta) -> Entry {
         acl: meta.acl,
         size: meta.size,
         mtime_ns: meta.mtime_ns,
+        limits: Limits {
+            expires_ns: meta.expires_ns,
+            max_opens: meta.max_opens,
+        },
     }
 }
 
@@ -295,6 +318,7 @@ pub(crate) struct RowContent<'a> {
     /// The plaintext for a secret; `None` for a directory.
     pub value: Option<&'a [u8]>,
     pub mtime_ns: i64,
+    pub limits: Limits,
 }
 
 fn seal_into(
@@ -307,7 +331,7 @@ fn seal_into(
     content: &RowContent<'_>,
 ) -> Result<Entry> {
     let now = content.mtime_ns;
-    let meta = EntryMeta {
+    let mut meta = EntryMeta {
         v: RECORD_VERSION,
         parent: content.parent,
         name: content.name.to_owned(),
@@ -316,7 +340,10 @@ fn seal_into(
         size: content.value.map_or(0, |v| v.len() as u64),
         mtime_ns: now,
         created_ns: now,
+        expires_ns: content.limits.expires_ns,
+        max_opens: content.limits.max_opens,
     };
+    meta.v = meta.needed_version();
     let sealed_meta =
         records::seal_json(&vault.key, &meta_aad(store_id, vault, id, version), &meta);
     let sealed_value = content

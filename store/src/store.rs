@@ -12,7 +12,7 @@ use crate::error::{Result, StoreError};
 use crate::head::{self, StateFile};
 use crate::keyslot::{self, Credential, KdfParams, SlotInfo};
 use crate::recipient::Payload;
-use crate::records::{self, VaultRecord, RECORD_VERSION};
+use crate::records::{self, VaultRecord, BASE_RECORD_VERSION};
 use crate::secret::Key;
 
 /// What is public about a vault once the store is unlocked.
@@ -83,6 +83,8 @@ pub struct Store {
     /// The highest head verified by this handle.
     head_seen: i64,
     state: Option<StateFile>,
+    /// Audit records (by vault name) committed with the next write transaction.
+    pub(crate) pending_audit: Vec<(String, crate::AuditRecord)>,
 }
 
 /// The unlocked key material and identity of a store, apart from its connection so that a
@@ -136,6 +138,7 @@ impl Store {
                 keys,
                 head_seen: 0,
                 state: None,
+                pending_audit: Vec::new(),
             }),
             Err(e) => {
                 // Leave nothing half-made behind: a later `init` must be able to start over.
@@ -199,6 +202,7 @@ impl Store {
             keys,
             head_seen: head,
             state,
+            pending_audit: Vec::new(),
         })
     }
 
@@ -264,8 +268,15 @@ impl Store {
             });
         }
         let generation = db::bump_generation(&tx).map_err(sqlite)?;
+        let pending = std::mem::take(&mut self.pending_audit);
         let out = f(&tx, generation, keys)
             .and_then(|out| {
+                // The change and its audit record commit together, or neither.
+                for (vault, record) in &pending {
+                    let vault = keys.open_vault_by_name(&tx, vault)?;
+                    crate::audit::AuditLog::for_vault(keys.store_id, &vault)
+                        .append_in(&tx, std::slice::from_ref(record))?;
+                }
                 let vault_keys = keys.vault_head_keys(&tx)?;
                 head::seal(&tx, &keys.store_id, &keys.head_key, generation, &vault_keys)?;
                 Ok(out)
@@ -613,7 +624,7 @@ fn vault_record_aad(store_id: &[u8; 16], id: i64, version: i64) -> Vec<u8> {
 /// Seals a vault row's record under the vault's own key.
 pub(crate) fn seal_vault_record(store_id: &[u8; 16], info: &VaultInfo, vault_key: &Key) -> Vec<u8> {
     let record = VaultRecord {
-        v: RECORD_VERSION,
+        v: BASE_RECORD_VERSION,
         name: info.name.clone(),
         acl: info.acl.clone(),
         created_ns: info.created_ns,
