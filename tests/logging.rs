@@ -133,6 +133,18 @@ fn a_flood_of_failed_reads_writes_a_bounded_log_with_the_count() {
         String::from_utf8_lossy(&umount.stderr)
     );
     drop(guard);
+    // The count of what the limiter held back is written when its window ends or when the
+    // daemon exits, whichever is first.
+    wait_until(
+        Duration::from_secs(20),
+        "the log to account for every entry",
+        || {
+            std::fs::read_to_string(&log).is_ok_and(|t| {
+                t.contains("more lines like")
+                    || bad_names().iter().all(|n| t.contains(&format!("app:/{n}")))
+            })
+        },
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     let lines = text.lines().count();
     eprintln!(
