@@ -17,7 +17,7 @@ use nix::mount::{umount2, MntFlags};
 use nix::sys::stat::Mode;
 
 use crate::mountinfo;
-use crate::mountpoint::{self, Walked};
+use crate::mountpoint::{self, Found, Walked};
 
 /// How an unmount went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +69,17 @@ pub fn unmount(path: &Path) -> Result<Unmounted, UnmountError> {
     if !ours {
         return Err(UnmountError::NotVaultfs(found.path.clone()));
     }
-    unmount_at(&found.parent, &found.name, id, &found.path)
+    // The walk's descriptor of the mount's root is itself a use of the mount: holding it
+    // across umount2 would make every unmount "busy" and lazy.
+    let Found {
+        parent,
+        name,
+        path,
+        fd,
+        ..
+    } = found;
+    drop(fd);
+    unmount_at(&parent, &name, id, &path)
 }
 
 /// Unmounts the mount `id`, which must be the topmost mount on `name` in the directory
