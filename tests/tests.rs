@@ -57,3 +57,4 @@ mod edit;
 mod nixos_bundle;
 // Grants, service identity, expiry and read limits.
 mod policy;
+mod policy_templates;
