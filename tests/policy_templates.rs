@@ -117,3 +117,41 @@ fn a_template_stops_rendering_when_its_inputs_read_limit_is_spent() {
     assert_eq!(missing, 1, "logged once: {text}");
     assert!(!text.contains("once-token"), "never a value: {text}");
 }
+
+#[test]
+fn the_credential_socket_sends_no_expired_secret_nor_a_template_made_of_one() {
+    use crate::credsock::{ask, assert_refused, serve};
+    let ts = TestStore::new();
+    ts.vault("pt", &[]);
+    let out = ts.run(&["write", "pt:/tok", "--ttl", "2s"], b"short-token");
+    assert!(out.status.success(), "{out:?}");
+    let out = ts.run(&["template", "set", "pt:/conf"], b"token={{ pt:/tok }}\n");
+    assert!(out.status.success(), "{out:?}");
+    let server = serve(
+        &ts,
+        &[
+            (0, "consumer.service", "conf", "pt:/conf"),
+            (0, "consumer.service", "tok", "pt:/tok"),
+        ],
+    );
+    assert_eq!(
+        ask(&server.socket, "consumer.service", "conf").unwrap(),
+        b"token=short-token\n"
+    );
+    assert_eq!(
+        ask(&server.socket, "consumer.service", "tok").unwrap(),
+        b"short-token"
+    );
+    // Real time passes; nothing changes in the store.
+    wait_until(Duration::from_secs(8), "the secret to expire", || {
+        ask(&server.socket, "consumer.service", "tok").map_or(true, |v| v != b"short-token")
+    });
+    assert_refused(
+        ask(&server.socket, "consumer.service", "tok"),
+        "an expired secret",
+    );
+    assert_refused(
+        ask(&server.socket, "consumer.service", "conf"),
+        "a template made of an expired secret",
+    );
+}
