@@ -238,9 +238,101 @@ let
   # templates are written into the store (issue 14).
   startCommands =
     (if cfg.bundle == null then [ ] else [ applyBundle ])
-    ++ builtins.concatLists templateCommands;
+    ++ builtins.concatLists templateCommands
+    # Grants last: a grant may name a template written just above (issue 13).
+    ++ grantCommands;
   startPre = if startCommands == [ ] then { } else { ExecStartPre = startCommands; };
   bundleReload = if cfg.bundle == null then { } else { ExecReload = applyBundle; };
+
+  # ----- grants and expiry gc (issue 13) -----
+  # The admin CLI as the service's credential unlocks it (key file or host key).
+  vaultfsAdmin = "${cfg.package}/bin/vaultfs ${unlockArgs} --store ${cfg.storePath}";
+  # One `acl grant` per grant, run by ExecStartPre before the mounts serve (`acl grant` is
+  # idempotent, so every start re-applies them). `-`: a grant on a secret not written yet is
+  # logged and skipped; that fails closed (less access), and the mounts still start.
+  grantCommands = map (g: "-${vaultfsAdmin} acl grant ${g.path}"
+    + (if g.user != null then " --user ${g.user}" else "")
+    + (if g.group != null then " --group ${g.group}" else "")
+    + (if g.unit != null then " --unit ${g.unit}" else "")
+    + (if g.exe != null then " --exe ${g.exe}" else "")) cfg.grants;
+  grantOptions = {
+    options = {
+      path = mkOption {
+        type = types.str;
+        example = "app:/tls";
+        description = "The secret, template or directory granted: `VAULT:/PATH`.";
+      };
+      user = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "nginx";
+        description = "The user granted read access (set this or `group`).";
+      };
+      group = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "The group granted read access (set this or `user`).";
+      };
+      unit = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "nginx.service";
+        description = ''
+          Only processes of this system unit (its cgroup `/system.slice/UNIT`), checked by
+          the daemon at each open.
+        '';
+      };
+      exe = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/current-system/sw/bin/ssh";
+        description = ''
+          Only processes running this executable, matched by device and inode at each open
+          (a rebuilt package is a new inode: the grant follows the path as it is at start).
+        '';
+      };
+    };
+  };
+  grantAssertions = builtins.concatLists (builtins.genList (i:
+    let g = builtins.elemAt cfg.grants i; where = "services.vaultfs.grants.${toString i}"; in [
+      {
+        assertion = (g.user == null) != (g.group == null);
+        message = "${where}: set exactly one of user and group.";
+      }
+      {
+        assertion = safeAddress g.path
+          && builtins.all (x: x == null || safeName x) [ g.user g.group g.unit ]
+          && (g.exe == null || safePath g.exe);
+        message = "${where}: path must be VAULT:/PATH, user, group and unit plain names, exe an absolute path (letters, digits and ._@+-/ only).";
+      }
+    ]) (builtins.length cfg.grants));
+  gcService = {
+    description = "vaultfs: delete expired secrets";
+    after = [ "vaultfs.service" ];
+    unitConfig.RequiresMountsFor = [ (builtins.dirOf cfg.storePath) ];
+    serviceConfig = {
+      Type = "oneshot";
+      ExecStart = "${vaultfsAdmin} gc";
+      LoadCredential = credential;
+      UMask = "0077";
+      LimitCORE = "0";
+      NoNewPrivileges = true;
+      PrivateNetwork = true;
+      PrivateTmp = true;
+      ProtectSystem = "strict";
+      ReadWritePaths = [ (builtins.dirOf cfg.storePath) ];
+      CapabilityBoundingSet = "";
+    };
+  };
+  gcTimer = {
+    description = "vaultfs: delete expired secrets periodically";
+    wantedBy = [ "timers.target" ];
+    timerConfig = {
+      OnCalendar = cfg.gc.interval;
+      Persistent = true;
+    };
+  };
+  # ----- end of grants and expiry gc -----
 
   mountOptions = { name, ... }: {
     options = {
@@ -381,6 +473,35 @@ in
       };
     };
 
+    # ----- grants and expiry gc (issue 13) -----
+    grants = mkOption {
+      type = types.listOf (types.submodule grantOptions);
+      default = [ ];
+      example = lib.literalExpression ''
+        [ { path = "app:/tls"; user = "nginx"; unit = "nginx.service"; } ]
+      '';
+      description = ''
+        Read access for more principals than a secret's owner and group, applied with
+        `vaultfs acl grant` before the mounts serve (every start; it is idempotent). Removing
+        a grant here does not revoke it from the store: run `vaultfs acl revoke`. Expiry and
+        read limits belong to a written value, not to Nix: set them with
+        `vaultfs write --ttl/--expires/--max-opens` on the host.
+      '';
+    };
+
+    gc.interval = mkOption {
+      type = types.str;
+      default = "hourly";
+      example = "*:0/15";
+      description = ''
+        How often `vaultfs gc` deletes expired secrets (a systemd calendar expression for the
+        `vaultfs-gc` timer). Mounts hide an expired secret at once, but the mount daemon holds
+        no master key and cannot delete rows itself; this oneshot service, which unlocks the
+        store with the same credential, removes them (secure_delete zeroes the rows).
+      '';
+    };
+    # ----- end of grants and expiry gc -----
+
     requiredBy = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -453,6 +574,13 @@ in
       {
         assertion = cfg.credentials.socket != null || cfg.credentials.rules == [ ];
         message = "services.vaultfs.credentials.rules are set but credentials.socket is not.";
+      }
+    ]
+    ++ grantAssertions
+    ++ [
+      {
+        assertion = builtins.match "[A-Za-z0-9:*/,. ~-]+" cfg.gc.interval != null;
+        message = "services.vaultfs.gc.interval must be a systemd calendar expression, not ${cfg.gc.interval}.";
       }
     ]
     ++ lib.mapAttrsToList (name: m: {
@@ -532,5 +660,9 @@ in
         ProtectHostname = true;
       } // startPre // bundleReload;
     };
+
+    # Expired secrets deleted periodically (issue 13; see gc.interval).
+    systemd.services.vaultfs-gc = gcService;
+    systemd.timers.vaultfs-gc = gcTimer;
   };
 }

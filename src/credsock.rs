@@ -98,7 +98,11 @@ pub fn read_secret(reader: &VaultReader, addr: &Address) -> Result<Option<Secret
     // A rewrite between the snapshot and the read makes read_value answer None: look again.
     for _ in 0..5 {
         let snap = reader.snapshot()?;
-        let Some(entry) = find(&snap.entries, &addr.path).filter(|e| !e.is_dir()) else {
+        // An expired secret is missing here as on a mount, and so is a template's input.
+        let now = crate::output::now_ns();
+        let Some(entry) =
+            find(&snap.entries, &addr.path).filter(|e| !e.is_dir() && !e.limits.expired_at(now))
+        else {
             return Ok(None);
         };
         if entry.kind != EntryKind::Template {
@@ -114,7 +118,8 @@ pub fn read_secret(reader: &VaultReader, addr: &Address) -> Result<Option<Secret
         let mut moved = false;
         for input in template.inputs() {
             let found = find(&snap.entries, &input.path)
-                .filter(|e| e.kind == EntryKind::File && input.vault == addr.vault);
+                .filter(|e| e.kind == EntryKind::File && input.vault == addr.vault)
+                .filter(|e| !e.limits.expired_at(now));
             let value = match found {
                 Some(e) => reader.read_value(e.id, e.version)?,
                 None => return Ok(None),

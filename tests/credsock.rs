@@ -14,9 +14,9 @@ use crate::common::{random_bytes, random_name, require_tool, TestStore};
 use crate::mounts::{as_user, can_mount, user, wait_until, within};
 
 /// A `vaultfs serve` child; SIGTERM and reaped on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     log: PathBuf,
 }
 
@@ -45,7 +45,7 @@ fn config(socket: &Path, rules: &[(u32, &str, &str, &str)]) -> String {
     text
 }
 
-fn serve(ts: &TestStore, rules: &[(u32, &str, &str, &str)]) -> Server {
+pub(crate) fn serve(ts: &TestStore, rules: &[(u32, &str, &str, &str)]) -> Server {
     let socket = ts.path("run").join("credentials.sock");
     let cfg = ts.path("serve.toml");
     std::fs::write(&cfg, config(&socket, rules)).unwrap();
@@ -98,7 +98,7 @@ fn sockaddr(path: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
 }
 
 /// Asks for a credential the way systemd does: the bytes, or the read error.
-fn ask(socket: &Path, unit: &str, id: &str) -> std::io::Result<Vec<u8>> {
+pub(crate) fn ask(socket: &Path, unit: &str, id: &str) -> std::io::Result<Vec<u8>> {
     let mut stream = connect(socket, unit, id);
     stream.shutdown(std::net::Shutdown::Write)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -116,7 +116,7 @@ fn is_refusal(bytes: &[u8]) -> bool {
     bytes.len() > 1024 * 1024 && bytes.chunks(REFUSAL_LINE.len()).all(|c| c == REFUSAL_LINE)
 }
 
-fn assert_refused(result: std::io::Result<Vec<u8>>, what: &str) {
+pub(crate) fn assert_refused(result: std::io::Result<Vec<u8>>, what: &str) {
     match result {
         Ok(bytes) if is_refusal(&bytes) => {}
         Ok(bytes) => panic!("{what}: expected the refusal, got {} bytes", bytes.len()),

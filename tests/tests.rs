@@ -56,4 +56,6 @@ mod edit;
 // The NixOS module's bundle and identity options, run as systemd would.
 mod nixos_bundle;
 // Grants, service identity, expiry and read limits.
+mod nixos_policy;
 mod policy;
+mod policy_templates;

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,9 @@ pub struct Shared {
     pub(crate) store_file: Option<(u64, u64)>,
     /// Set once the store file was replaced or deleted: the last good state keeps serving.
     pub(crate) store_replaced: AtomicBool,
+    /// Set when a secret was hidden (expired or spent): the refresher renders the templates
+    /// again, so one made of it no longer renders.
+    rerender: AtomicBool,
     /// Set once the vault was removed: the mount serves an empty tree.
     pub(crate) vault_gone: AtomicBool,
     /// Reports changed bytes to the mount's caller, when it asked.
@@ -180,6 +183,7 @@ impl Shared {
             round_done: Condvar::new(),
             store_file,
             store_replaced: AtomicBool::new(false),
+            rerender: AtomicBool::new(false),
             vault_gone: AtomicBool::new(false),
             changes,
             signal,
@@ -392,6 +396,11 @@ impl Shared {
                 });
             }
             self.apply(|tree| tree.expire(now));
+            self.rerender.store(true, Ordering::Relaxed);
+        }
+        // A hidden secret is missing for the templates made of it: render them again.
+        if self.rerender.swap(false, Ordering::Relaxed) {
+            self.render_templates();
         }
     }
 
@@ -432,6 +441,7 @@ impl Shared {
                     );
                 }
                 self.apply(|tree| tree.spend(id, version));
+                self.rerender.store(true, Ordering::Relaxed);
                 Err(Errno::ENOENT)
             }
         }
@@ -494,6 +504,15 @@ impl Shared {
             // The refresher logged why, once.
             return Err(Errno::EIO);
         };
+        // An input that expired or was spent since the last rendering is missing: the
+        // refresher renders again (and logs why) at its next round; until then, refuse.
+        if render.made_of[1..]
+            .iter()
+            .any(|&(id, _)| id >= 0 && !self.tree().serves(id))
+        {
+            self.rerender.store(true, Ordering::Relaxed);
+            return Err(Errno::EIO);
+        }
         let (id, version) = render.made_of[0];
         let attr = {
             let tree = self.tree();

@@ -405,7 +405,16 @@ impl Tree {
             at = *self.children.get(&at)?.get(name)?;
         }
         let e = self.entries.get(&at)?;
-        (e.kind == EntryKind::File).then_some((e.id, e.version))
+        // An expired or spent secret is missing for templates too, not only for opens.
+        (e.kind == EntryKind::File && self.serves(e.id)).then_some((e.id, e.version))
+    }
+
+    /// Whether secret `id` is served now: present, not hidden, and not expired by the clock
+    /// (the refresher hides an expiry only at its next round; a template open checks sooner).
+    pub fn serves(&self, id: i64) -> bool {
+        self.entries
+            .get(&id)
+            .is_some_and(|e| !self.is_gone(id) && !e.limits.expired_at(now_ns()))
     }
 
     /// Records template `id`'s new rendering and reports what that made stale.

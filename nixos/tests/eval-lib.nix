@@ -34,6 +34,10 @@ let
         type = types.attrsOf types.unspecified;
         default = { };
       };
+      systemd.timers = mkOption {
+        type = types.attrsOf types.unspecified;
+        default = { };
+      };
     };
   };
   evaluated = lib.evalModules {

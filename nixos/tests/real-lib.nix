@@ -45,6 +45,10 @@ let
         type = types.attrsOf types.anything;
         default = { };
       };
+      systemd.timers = mkOption {
+        type = types.attrsOf types.anything;
+        default = { };
+      };
       systemd.units = mkOption {
         type = types.attrsOf types.anything;
         default = { };
@@ -79,4 +83,6 @@ in
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) cfg.assertions);
   configText = (cfg.environment.etc."vaultfs/serve.toml".source or { text = null; }).text;
   execStartPre = service.serviceConfig.ExecStartPre or [ ];
+  gcService = cfg.systemd.services.vaultfs-gc or null;
+  gcTimer = cfg.systemd.timers.vaultfs-gc or null;
 }

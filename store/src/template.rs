@@ -309,7 +309,10 @@ impl Store {
                 }));
             }
             match self.stat(input) {
-                Ok(Some(l)) if l.entry.kind == EntryKind::File => {}
+                // An expired input is missing, as it is for opens.
+                Ok(Some(l))
+                    if l.entry.kind == EntryKind::File
+                        && !l.entry.limits.expired_at(crate::records::now_ns()) => {}
                 Ok(Some(_)) => {
                     return Err(bad(TemplateError::Syntax {
                         line: 0,
@@ -353,7 +356,11 @@ impl Store {
         // its own inputs must not render itself.
         let input_value = |input: &Address| -> Result<Option<SecretBytes>> {
             match self.stat(input) {
-                Ok(Some(l)) if l.entry.kind == EntryKind::File => {
+                // An expired input is missing, as it is for opens.
+                Ok(Some(l))
+                    if l.entry.kind == EntryKind::File
+                        && !l.entry.limits.expired_at(crate::records::now_ns()) =>
+                {
                     self.read_stored_entry(input, &l.entry).map(Some)
                 }
                 Ok(_) | Err(StoreError::NotFound(_)) => Ok(None),

@@ -1,0 +1,163 @@
+//! The NixOS module's grants and expiry gc (issue 13), evaluated with the real nixpkgs `lib`
+//! through `nixos/tests/real-lib.nix`; the generated grant command is run against a real store.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::common::{requirement, TestStore};
+use crate::nixos_actions::nixpkgs_lib;
+
+const PACKAGE: &str = "/nix/store/00000000000000000000000000000000-vaultfs";
+
+fn can_eval() -> bool {
+    let nix = Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_ok();
+    requirement(nix, "nix", "nix-instantiate is not available")
+        && requirement(
+            nixpkgs_lib().is_some(),
+            "nix",
+            "the nixpkgs lib was not found",
+        )
+}
+
+/// Evaluates the module with `settings` as `services.vaultfs`.
+fn eval(settings: &Value) -> Result<Value, String> {
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nixos/tests/real-lib.nix"))
+        .arg("--arg")
+        .arg("libPath")
+        .arg(nixpkgs_lib().unwrap())
+        .args(["--argstr", "settingsJSON", &settings.to_string()])
+        .env("NIX_REMOTE", "dummy://")
+        .output()
+        .expect("run nix-instantiate");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).expect("JSON"))
+}
+
+fn sample(store: &str) -> Value {
+    json!({
+        "enable": true,
+        "keyFile": "/etc/vaultfs/key",
+        "storePath": store,
+        "mounts": { "app": { "source": "app" } },
+        "grants": [
+            { "path": "app:/tls", "user": "nobody", "unit": "nginx.service" },
+            { "path": "app:/deploy", "group": "nogroup", "exe": "/usr/bin/ssh" }
+        ]
+    })
+}
+
+#[test]
+fn module_applies_grants_before_the_mounts_and_the_grant_command_works() {
+    if !can_eval() {
+        return;
+    }
+    let ts = TestStore::new();
+    let v = eval(&sample(ts.store.to_str().unwrap())).unwrap();
+    assert_eq!(v["failedAssertions"], json!([]), "{v}");
+    let pre: Vec<&str> = v["execStartPre"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let store = ts.store.to_str().unwrap();
+    let cli = format!("-{PACKAGE}/bin/vaultfs --key-file %d/vaultfs-key --store {store}");
+    assert_eq!(
+        pre,
+        [
+            format!("{cli} acl grant app:/tls --user nobody --unit nginx.service"),
+            format!("{cli} acl grant app:/deploy --group nogroup --exe /usr/bin/ssh"),
+        ],
+        "{v}"
+    );
+
+    // Run the generated commands as systemd would (twice: every start applies them again).
+    ts.vault("app", &[]);
+    ts.write("app:/tls", b"tls-key");
+    ts.write("app:/deploy", b"deploy-key");
+    for _ in 0..2 {
+        for line in &pre {
+            let line = line.strip_prefix('-').expect("a `-` line");
+            let args: Vec<String> = line
+                .split(' ')
+                .map(|a| a.replace("%d/vaultfs-key", ts.key.to_str().unwrap()))
+                .collect();
+            assert_eq!(args[0], format!("{PACKAGE}/bin/vaultfs"));
+            let out = ts.cmd().args(&args[1..]).output().unwrap();
+            assert!(out.status.success(), "{line}: {out:?}");
+        }
+    }
+    let tls = ts.ok_text(&["acl", "show", "app:/tls"]);
+    assert!(
+        tls.contains("nobody") && tls.contains("nginx.service"),
+        "{tls}"
+    );
+    assert_eq!(tls.matches("nginx.service").count(), 1, "idempotent: {tls}");
+    let deploy = ts.ok_text(&["acl", "show", "app:/deploy"]);
+    assert!(
+        deploy.contains("nogroup") && deploy.contains("/usr/bin/ssh"),
+        "{deploy}"
+    );
+}
+
+#[test]
+fn module_runs_gc_periodically_with_the_services_credential() {
+    if !can_eval() {
+        return;
+    }
+    let v = eval(&sample("/var/lib/vaultfs/store.db")).unwrap();
+    assert_eq!(v["failedAssertions"], json!([]), "{v}");
+    let timer = &v["gcTimer"];
+    assert_eq!(timer["timerConfig"]["OnCalendar"], json!("hourly"), "{v}");
+    assert_eq!(timer["wantedBy"], json!(["timers.target"]), "{v}");
+    let service = &v["gcService"]["serviceConfig"];
+    assert_eq!(service["Type"], json!("oneshot"), "{v}");
+    assert_eq!(
+        service["ExecStart"],
+        json!(format!(
+            "{PACKAGE}/bin/vaultfs --key-file %d/vaultfs-key --store /var/lib/vaultfs/store.db gc"
+        )),
+        "{v}"
+    );
+    assert_eq!(
+        service["LoadCredential"],
+        json!("vaultfs-key:/etc/vaultfs/key")
+    );
+
+    let mut s = sample("/var/lib/vaultfs/store.db");
+    s["gc"] = json!({ "interval": "*:0/15" });
+    let v = eval(&s).unwrap();
+    assert_eq!(v["gcTimer"]["timerConfig"]["OnCalendar"], json!("*:0/15"));
+}
+
+#[test]
+fn module_refuses_a_grant_without_exactly_one_principal_or_with_unsafe_words() {
+    if !can_eval() {
+        return;
+    }
+    let mut s = sample("/var/lib/vaultfs/store.db");
+    s["grants"] = json!([{ "path": "app:/tls", "user": "a", "group": "b" }]);
+    let failed = eval(&s).unwrap()["failedAssertions"].to_string();
+    assert!(
+        failed.contains("services.vaultfs.grants.0: set exactly one of user and group"),
+        "{failed}"
+    );
+    s["grants"] = json!([{ "path": "app:/tls; rm -rf /", "user": "a" }]);
+    let failed = eval(&s).unwrap()["failedAssertions"].to_string();
+    assert!(
+        failed.contains("services.vaultfs.grants.0: path must be VAULT:/PATH"),
+        "{failed}"
+    );
+    s["grants"] = json!([{ "path": "app:/tls", "user": "a", "exe": "relative/ssh" }]);
+    let failed = eval(&s).unwrap()["failedAssertions"].to_string();
+    assert!(failed.contains("exe an absolute path"), "{failed}");
+}
