@@ -383,6 +383,7 @@ let
           environment.systemPackages = any;
           environment.etc = attrs;
           systemd.services = attrs;
+          systemd.timers = attrs;
         };
       }
       (/. + module)
