@@ -111,14 +111,16 @@ impl Auditor {
     pub(crate) fn open(
         &self,
         event: &str,
-        path: String,
+        path: impl FnOnce() -> String,
         version: i64,
         caller: Caller,
         decision: &Decision,
     ) {
+        // The path is built only when it is recorded: this runs on every open.
         if !self.enabled() {
             return;
         }
+        let path = path();
         let who = self.who.lock().of(caller.pid);
         self.record(AuditRecord {
             t_ns: now_ns(),

@@ -60,6 +60,16 @@ impl SealedCache {
         inner.values.insert(id, (version, value.clone()));
     }
 
+    /// Drops the values of entries that are gone, so deleted secrets do not hold room.
+    pub fn forget(&self, ids: &[i64]) {
+        let mut inner = self.inner.lock();
+        for id in ids {
+            if let Some((_, old)) = inner.values.remove(id) {
+                inner.total -= old.len();
+            }
+        }
+    }
+
     /// Whether an older version of entry `id` than `version` is cached: a secret read before
     /// its rotation, worth fetching again at once.
     pub fn holds_older(&self, id: i64, version: i64) -> bool {

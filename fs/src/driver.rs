@@ -282,6 +282,7 @@ impl Shared {
         let mut deleted = changes.deleted;
         deleted.extend(changes.damaged.iter().map(|(id, _)| *id));
         self.apply(|tree| tree.apply(changes.generation, changes.vault, changes.upserts, &deleted));
+        self.cache.forget(&deleted);
         self.report_damaged(changes.damaged);
         self.render_templates();
         for (id, version) in rotated {
@@ -372,6 +373,7 @@ impl Shared {
         self.apply(|tree| {
             let generation = tree.generation;
             let ids = tree.entry_ids();
+            self.cache.forget(&ids);
             tree.apply(generation, None, Vec::new(), &ids)
         });
     }
@@ -591,7 +593,7 @@ impl Shared {
         let decision = access::decide(tree, node, caller);
         self.audit.open(
             if node.is_dir() { "opendir" } else { "open" },
-            format!("{}:{}", self.reader.vault_name(), tree.path(node)),
+            || format!("{}:{}", self.reader.vault_name(), tree.path(node)),
             node.version,
             caller,
             &decision,
@@ -660,13 +662,12 @@ impl Shared {
         ino: INodeNo,
         flags: OpenFlags,
     ) -> Result<(FileHandle, FopenFlags), Errno> {
-        let shared = self;
-        let deadline = Instant::now() + shared.options.open_timeout;
+        let deadline = Instant::now() + self.options.open_timeout;
         // No write since the last round: the tree is current without asking for one.
-        let freshness = if shared.signal.unchanged() {
+        let freshness = if self.signal.unchanged() {
             Freshness::Fresh
         } else {
-            shared.wait_for_refresh(deadline)
+            self.wait_for_refresh(deadline)
         };
         match freshness {
             Freshness::Fresh => {}
@@ -675,13 +676,13 @@ impl Shared {
             Freshness::TimedOut => {
                 tracing::debug!(
                     "{}: open: the store did not answer in time",
-                    shared.describe()
+                    self.describe()
                 );
                 return Err(Errno::EIO);
             }
         }
         let (id, version, attr, path, limits) = {
-            let tree = shared.tree();
+            let tree = self.tree();
             let Some(node) = tree.node(ino) else {
                 // An outdated version: the kernel walks the path again and finds the new one
                 // (or nothing, if the secret is gone).
@@ -708,12 +709,12 @@ impl Shared {
                 node.limits,
             )
         };
-        let fetched = match shared.cache.get(id, version) {
+        let fetched = match self.cache.get(id, version) {
             Some(value) => Ok(Some(value)),
-            None => shared.fetch(id, version, deadline).map(|v| {
+            None => self.fetch(id, version, deadline).map(|v| {
                 v.map(|v| {
                     let v = Arc::new(v);
-                    shared.cache.put(id, version, &v);
+                    self.cache.put(id, version, &v);
                     v
                 })
             }),
@@ -723,22 +724,22 @@ impl Shared {
             // Rewritten since the refresh: walk again.
             Ok(None) => return Err(Errno::ESTALE),
             Err(FetchError::Store(e)) => {
-                shared.report_unreadable(id, &path.to_string(), &e);
+                self.report_unreadable(id, &path.to_string(), &e);
                 return Err(Errno::EIO);
             }
             Err(FetchError::TimedOut | FetchError::Busy) => {
                 tracing::debug!(
                     "{}:{path}: the store did not answer in time",
-                    shared.reader.vault_name()
+                    self.reader.vault_name()
                 );
                 return Err(Errno::EIO);
             }
         };
-        let cache = shared.cache_flags(ino, id);
+        let cache = self.cache_flags(ino, id);
         if let Some(max) = limits.max_opens {
             self.count_open(caller, id, version, max, &path, deadline)?;
         }
-        let fh = shared.handles.insert(OpenFile {
+        let fh = self.handles.insert(OpenFile {
             ino,
             id,
             version,
