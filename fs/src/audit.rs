@@ -121,7 +121,7 @@ impl Auditor {
             return;
         }
         let path = path();
-        let who = self.who.lock().of(caller.pid);
+        let who = WhoCache::of(&self.who, caller.pid);
         self.record(AuditRecord {
             t_ns: now_ns(),
             event: event.into(),
@@ -150,8 +150,7 @@ const WHO_TTL: Duration = Duration::from_secs(1);
 
 /// Reading three files of /proc on every open would cost the read path more than the rest of
 /// the audit; so a process's record fields are kept for [`WHO_TTL`], pinned by a pidfd (a
-/// process that exited is never taken for a new one with its pid). Only single-threaded
-/// callers' main threads (tid = tgid) are cached. The cost: a process that execs another
+/// thread that exited is never taken for a new one with its id). The cost: a process that execs another
 /// binary or moves to another cgroup within that second is recorded with its former exe or
 /// unit. Access decisions never use this cache (see `identity`).
 #[derive(Default)]
@@ -160,38 +159,54 @@ struct WhoCache {
 }
 
 impl WhoCache {
-    fn of(&mut self, tid: u32) -> Who {
-        if let Some((at, pidfd, who)) = self.known.get(&tid) {
-            let mut fds = [rustix::event::PollFd::new(
-                pidfd,
-                rustix::event::PollFlags::IN,
-            )];
-            let zero = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            if at.elapsed() < WHO_TTL && matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0))
-            {
-                return who.clone();
+    /// The record fields of caller thread `tid`. The cache's lock is held only to look up and
+    /// to insert, never across the reads of /proc, so concurrent opens do not queue behind
+    /// one another's /proc reads.
+    fn of(cache: &Mutex<WhoCache>, tid: u32) -> Who {
+        {
+            let mut cache = cache.lock();
+            if let Some((at, pidfd, who)) = cache.known.get(&tid) {
+                let mut fds = [rustix::event::PollFd::new(
+                    pidfd,
+                    rustix::event::PollFlags::IN,
+                )];
+                let zero = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                if at.elapsed() < WHO_TTL
+                    && matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0))
+                {
+                    return who.clone();
+                }
+                cache.known.remove(&tid);
             }
-            self.known.remove(&tid);
         }
         let who = Who::of(tid);
-        if who.tgid == Some(tid) {
-            if let Some(pid) = rustix::process::Pid::from_raw(tid as i32) {
-                if let Ok(fd) =
-                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-                {
-                    if self.known.len() >= 1024 {
-                        self.known.clear();
-                    }
-                    self.known
-                        .insert(tid, (std::time::Instant::now(), fd, who.clone()));
-                }
+        if let Some(fd) = pin(tid, who.tgid == Some(tid)) {
+            let mut cache = cache.lock();
+            if cache.known.len() >= 1024 {
+                cache.known.clear();
             }
+            cache
+                .known
+                .insert(tid, (std::time::Instant::now(), fd, who.clone()));
         }
         who
     }
+}
+
+/// A pidfd that pins caller thread `tid` (a process's main thread, or with `PIDFD_THREAD`,
+/// Linux 6.9 and later, any thread), so a reused id is never taken for the old caller; `None`
+/// where it cannot be pinned, and then the caller is not cached.
+fn pin(tid: u32, main_thread: bool) -> Option<std::os::fd::OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(tid as i32)?;
+    let flags = if main_thread {
+        rustix::process::PidfdFlags::empty()
+    } else {
+        rustix::process::PidfdFlags::from_bits_retain(libc::O_EXCL as u32)
+    };
+    rustix::process::pidfd_open(pid, flags).ok()
 }
 
 /// What the audit says of a caller's process (best effort: a process gone leaves `None`s).
