@@ -105,7 +105,9 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
 
 /// Parses lower- or upper-case hex.
 pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    // Only the lowercase hex `to_hex` writes: one text per value, so an edited bundle line
+    // (an `a` made `A`) never parses to the same bytes and slips past its check.
+    if text.len() % 2 != 0 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     (0..text.len())
@@ -138,5 +140,9 @@ mod tests {
         assert_eq!(from_hex(&to_hex(&[0, 255, 16])).unwrap(), vec![0, 255, 16]);
         assert!(from_hex("abc").is_none());
         assert!(from_hex("zz").is_none());
+        assert!(
+            from_hex("AB").is_none(),
+            "one text per value: lowercase only"
+        );
     }
 }
