@@ -182,11 +182,28 @@ impl WalLock {
             .open(format!("{}-shm", store.display()))
             .unwrap();
         let lock = WalLock(shm);
-        lock.set(libc::F_WRLCK);
+        // The daemon's own readers hold shared read-mark locks for the length of one read
+        // transaction (its change poll runs every 100 ms), so the write lock may have to wait
+        // for one to end: retry instead of failing on the first EAGAIN.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Err(e) = lock.try_set(libc::F_WRLCK) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cannot lock the WAL lock bytes of {} within 10 s: {e}",
+                store.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         lock
     }
 
     fn set(&self, kind: i32) {
+        if let Err(e) = self.try_set(kind) {
+            panic!("fcntl: {e}");
+        }
+    }
+
+    fn try_set(&self, kind: i32) -> std::io::Result<()> {
         // SAFETY: a zeroed flock is valid; fcntl gets a valid fd and pointer.
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
         fl.l_type = kind as i16;
@@ -195,7 +212,11 @@ impl WalLock {
         fl.l_len = 8;
         let rc =
             unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&self.0), libc::F_SETLK, &fl) };
-        assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }
 
