@@ -240,7 +240,8 @@ let
     (if cfg.bundle == null then [ ] else [ applyBundle ])
     ++ builtins.concatLists templateCommands
     # Grants last: a grant may name a template written just above (issue 13).
-    ++ grantCommands;
+    ++ grantCommands
+    ++ limitCommands;
   startPre = if startCommands == [ ] then { } else { ExecStartPre = startCommands; };
   bundleReload = if cfg.bundle == null then { } else { ExecReload = applyBundle; };
 
@@ -306,6 +307,53 @@ let
         message = "${where}: path must be VAULT:/PATH, user, group and unit plain names, exe an absolute path (letters, digits and ._@+-/ only).";
       }
     ]) (builtins.length cfg.grants));
+  # One `acl limit` per secret in `limits`, after the grants. `--clear` first, so the value
+  # ends with exactly the limits given here; `acl limit` writes nothing when they are already
+  # so, and keeps the value's read count, so every start may run it. No `-`: a limit that
+  # cannot be applied stops the start (fail closed: never serve a read-once secret
+  # unlimited); `--if-exists` skips a secret not written yet (nothing to serve).
+  limitCommands = lib.mapAttrsToList (addr: l: "${vaultfsAdmin} acl limit ${addr} --if-exists --clear"
+    + (if l.expires != null then " --expires ${l.expires}" else "")
+    + (if l.ttl != null then " --ttl ${l.ttl}" else "")
+    + (if l.maxOpens != null then " --max-opens ${toString l.maxOpens}" else "")) cfg.limits;
+  limitOptions = {
+    options = {
+      expires = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "2026-12-31T00:00:00Z";
+        description = "Stop serving the value at this RFC 3339 time (UTC, `Z`).";
+      };
+      ttl = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "24h";
+        description = ''
+          Stop serving the value this long after it was written (`vaultfs write`), not after
+          the service started: every start applies the same expiry again, never a later one.
+          A new value written later gets its own expiry at the next start. Set this or `expires`.
+        '';
+      };
+      maxOpens = mkOption {
+        type = types.nullOr types.int;
+        default = null;
+        example = 1;
+        description = ''
+          Serve the value to at most this many opens through mounts, counted on this host
+          (1: read once). Re-applying it keeps the count.
+        '';
+      };
+    };
+  };
+  limitAssertions = lib.mapAttrsToList (addr: l: {
+    assertion = safeAddress addr
+      && !(l.expires != null && l.ttl != null)
+      && (l.expires == null
+        || builtins.match "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?Z" l.expires != null)
+      && (l.ttl == null || builtins.match "([0-9]+[smhdw])+" l.ttl != null)
+      && (l.maxOpens == null || l.maxOpens > 0);
+    message = "services.vaultfs.limits.\"${addr}\": the name must be VAULT:/PATH, expires an RFC 3339 UTC time (2026-12-31T00:00:00Z), ttl a duration (24h, 1h30m), not both expires and ttl, and maxOpens 1 or more.";
+  }) cfg.limits;
   gcService = {
     description = "vaultfs: delete expired secrets";
     after = [ "vaultfs.service" ];
@@ -484,8 +532,28 @@ in
         Read access for more principals than a secret's owner and group, applied with
         `vaultfs acl grant` before the mounts serve (every start; it is idempotent). Removing
         a grant here does not revoke it from the store: run `vaultfs acl revoke`. Expiry and
-        read limits belong to a written value, not to Nix: set them with
-        `vaultfs write --ttl/--expires/--max-opens` on the host.
+        read limits: see `limits`.
+      '';
+    };
+
+    limits = mkOption {
+      type = types.attrsOf (types.submodule limitOptions);
+      default = { };
+      example = lib.literalExpression ''
+        {
+          "ci:/handoff" = { maxOpens = 1; };
+          "app:/token" = { ttl = "24h"; };
+          "app:/cert" = { expires = "2026-12-31T00:00:00Z"; };
+        }
+      '';
+      description = ''
+        Expiry and read limits of secrets' current values, by `VAULT:/PATH`, applied with
+        `vaultfs acl limit --clear` before the mounts serve, at every start: the value ends
+        with exactly these limits (one written by hand with `vaultfs write --ttl` on a secret
+        listed here is replaced). The values themselves never come from Nix. Re-applying
+        changes nothing when the limits are already so, and never resets a read count; a
+        secret not written yet is skipped. Removing an entry here leaves its limits in the
+        store (`vaultfs acl limit ADDR --clear` removes them).
       '';
     };
 
@@ -577,6 +645,7 @@ in
       }
     ]
     ++ grantAssertions
+    ++ limitAssertions
     ++ [
       {
         assertion = builtins.match "[A-Za-z0-9:*/,. ~-]+" cfg.gc.interval != null;

@@ -723,6 +723,27 @@ pub enum AclCommand {
         after_help = "Example:\n  vaultfs acl revoke web:/tls --user nginx --unit nginx.service"
     )]
     Revoke(GrantArgs),
+    /// Set the expiry and read limit of a secret's current value; keeps the value, the time it
+    /// was written and how many opens it has served; writes nothing when already so
+    #[command(
+        after_help = "Examples:\n  vaultfs acl limit ci:/deploy-key --expires 2026-12-31T00:00:00Z\n  vaultfs acl limit ci:/token --ttl 24h          # 24h after the value was written\n  vaultfs acl limit ci:/handoff --max-opens 1\n  vaultfs acl limit ci:/token --clear            # no limits\n  vaultfs acl limit ci:/token --clear --max-opens 3   # exactly these limits"
+    )]
+    Limit(LimitSetArgs),
+}
+
+/// `vaultfs acl limit` options.
+#[derive(clap::Args, Debug)]
+pub struct LimitSetArgs {
+    /// VAULT:/PATH of a secret
+    pub address: String,
+    /// Remove every limit first; with other options, the value ends with exactly those
+    #[arg(long)]
+    pub clear: bool,
+    /// A secret that does not exist (yet) is noted and skipped, exit 0 (for the NixOS module)
+    #[arg(long)]
+    pub if_exists: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// `vaultfs audit` options.
@@ -776,7 +797,7 @@ pub struct LimitArgs {
     /// Stop serving the value at this RFC 3339 time (2026-12-31T00:00:00Z)
     #[arg(long, conflicts_with = "ttl")]
     pub expires: Option<String>,
-    /// Stop serving the value after this long (24h, 10m, 1h30m, 7d)
+    /// Stop serving the value this long after it was written (24h, 10m, 1h30m, 7d)
     #[arg(long)]
     pub ttl: Option<String>,
     /// Serve the value to at most N opens through mounts (counted on this host)

@@ -618,23 +618,69 @@ fn every_open_and_change_is_audited_in_a_chain_that_detects_tampering() {
 }
 
 #[test]
-fn a_key_rotation_starts_a_new_audit_segment_and_writes_keep_working() {
+fn a_key_rotation_reseals_the_audit_log_so_it_stays_readable_and_checked() {
     let ts = TestStore::new();
     ts.vault("pol", &[]);
     ts.write("pol:/a", b"1");
     ts.ok(&["acl", "grant", "pol:/a", "--user", "root"]);
     assert!(audit(&ts, &["pol"]).contains("acl       allow pol:/a"));
-    ts.ok(&["key", "rotate", "--yes"]);
+    let sealed_before: Vec<Vec<u8>> = ts
+        .db()
+        .prepare("SELECT sealed FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let out = ts.run(&["key", "rotate", "--yes"], b"");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("re-sealed 2 audit record(s)"), "{said}");
+    // Every record is sealed anew (none left under the old key) ...
+    let sealed_after: Vec<Vec<u8>> = ts
+        .db()
+        .prepare("SELECT sealed FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sealed_after.len(), 2);
+    assert!(sealed_before.iter().all(|b| !sealed_after.contains(b)));
+    // ... and the whole log reads and checks with the new key, the old records included.
     ts.write("pol:/a", b"2");
     let verify = audit(&ts, &["--verify"]);
     assert!(
-        verify.contains("chain intact") && verify.contains("former vault key"),
+        verify.contains("vault pol: 3 records, chain intact from record 1")
+            && !verify.contains("former vault key"),
         "{verify}"
     );
     let after = audit(&ts, &["pol"]);
     assert!(
-        after.contains("write") && !after.contains("acl "),
+        after.contains("acl       allow pol:/a") && after.matches("write     allow").count() == 2,
         "{after}"
+    );
+
+    // A log that does not verify is not laundered into a chain that checks: it is left under
+    // the old key, the rotation says so, and verify reports the segment.
+    ts.db()
+        .execute(
+            "UPDATE audit SET sealed = (SELECT sealed FROM audit WHERE seq = 1) WHERE seq = 2",
+            [],
+        )
+        .unwrap();
+    assert!(ts.fails_any(&["audit", "--verify"]).contains("audit log"));
+    let out = ts.run(&["key", "rotate", "--yes"], b"");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("warning: vault pol: its audit log did not verify"),
+        "{said}"
+    );
+    let verify = audit(&ts, &["--verify"]);
+    assert!(
+        verify.contains("records up to 3 were sealed under a former vault key"),
+        "{verify}"
     );
 }
 

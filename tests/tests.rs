@@ -58,4 +58,5 @@ mod nixos_bundle;
 // Grants, service identity, expiry and read limits.
 mod nixos_policy;
 mod policy;
+mod policy_limits;
 mod policy_templates;

@@ -195,6 +195,7 @@ pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
                 eprintln!("{addr}: already granted: {grant}");
             }
         }
+        AclCommand::Limit(args) => crate::commands::limit::limit(cli, args)?,
         AclCommand::Revoke(args) => {
             let (addr, grant) = grant_of(args)?;
             let mut store = credentials::open_store(cli)?;

@@ -154,7 +154,7 @@ pub fn audit(cli: &Cli, args: &AuditArgs) -> Result<()> {
             );
             if verified.former_key > 0 {
                 println!(
-                    "vault {v}: records up to {} were sealed under a former vault key (key rotate, or the vault was created again) and are not shown",
+                    "vault {v}: records up to {} were sealed under a former vault key (the vault was created again, a mount started before a key rotation wrote them, or key rotate found the log tampered and left it) and cannot be shown or checked",
                     verified.former_key
                 );
             }

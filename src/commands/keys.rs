@@ -239,6 +239,15 @@ fn rotate(cli: &Cli, yes: bool, kdf: KdfParams) -> Result<()> {
         "rotated the master key and {} vault key(s), re-encrypted {} entries; the key given is now slot {}; remount running mounts",
         done.vaults, done.entries, done.slot
     );
+    eprintln!(
+        "re-sealed {} audit record(s) under the new vault keys (`vaultfs audit --verify` checks them)",
+        done.audit_records
+    );
+    for v in &done.audit_not_resealed {
+        eprintln!(
+            "warning: vault {v}: its audit log did not verify under the old key, so it was left sealed under it, not re-sealed; `vaultfs audit --verify` reports it as a former-key segment"
+        );
+    }
     if !done.rewrapped_slots.is_empty() {
         let ids: Vec<String> = done.rewrapped_slots.iter().map(|i| i.to_string()).collect();
         eprintln!(

@@ -9,6 +9,7 @@ pub mod edit;
 pub mod env;
 pub mod import;
 pub mod keys;
+pub mod limit;
 pub mod migrate;
 pub mod mount;
 pub mod secrets;

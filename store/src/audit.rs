@@ -57,6 +57,29 @@ pub struct AuditRecord {
     pub rule: Option<String>,
 }
 
+/// Where committed records are copied as they commit, besides the store (the daemon's
+/// journal or stderr mirror); set once per process.
+type Mirror = Box<dyn Fn(&str, &AuditRecord) + Send + Sync>;
+
+static MIRROR: std::sync::OnceLock<Mirror> = std::sync::OnceLock::new();
+
+/// Sets this process's audit mirror: `mirror(vault, record)` is called for every record this
+/// process commits to an audit log, after its transaction commits (a record rolled back is
+/// never mirrored), on the committing thread. It must not block: the audit writer calls it.
+/// Returns `false` if a mirror was set already (the first one stays).
+pub fn set_audit_mirror(mirror: impl Fn(&str, &AuditRecord) + Send + Sync + 'static) -> bool {
+    MIRROR.set(Box::new(mirror)).is_ok()
+}
+
+/// Mirrors records that have just committed, by vault name.
+pub(crate) fn mirror_committed(records: &[(String, AuditRecord)]) {
+    if let Some(m) = MIRROR.get() {
+        for (vault, r) in records {
+            m(vault, r);
+        }
+    }
+}
+
 /// What `verify` found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
@@ -240,6 +263,11 @@ impl AuditLog {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.append_in(&tx, records)?;
         tx.commit()?;
+        if let Some(m) = MIRROR.get() {
+            for r in records {
+                m(&self.vault_name, r);
+            }
+        }
         Ok(())
     }
 
@@ -373,6 +401,63 @@ impl AuditLog {
         tx.commit()?;
         Ok(n as u64)
     }
+}
+
+/// Re-seals vault `old`'s audit log under the key of `new` (the same vault after `key rotate`),
+/// inside the rotation's transaction: each record kept is verified under the old key, sealed
+/// under the new one at the same sequence number and time, and chained again, so the whole log
+/// stays readable and checkable after the old key is gone. `Ok(None)`: the log did not verify
+/// under the old key; it is left as it is (a former-key segment, reported by `verify`) rather
+/// than re-sealed, which would launder the tampering into a chain that checks.
+pub(crate) fn reseal(
+    tx: &Connection,
+    store_id: [u8; 16],
+    old: &OpenVault,
+    new: &OpenVault,
+) -> Result<Option<u64>> {
+    tx.execute_batch(SCHEMA)?;
+    let old = AuditLog::for_vault(store_id, old);
+    let new = AuditLog::for_vault(store_id, new);
+    let Some(head) = old.head(tx)? else {
+        return Ok(Some(0));
+    };
+    let (records, verified) = match old.read(tx) {
+        Ok(r) => r,
+        Err(e) if e.is_tamper() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Where the re-sealed chain starts: a zero base marks records below it as sealed under a
+    // key before the old one (kept so); a pruned start gets a base of the new key's own.
+    let base_chain = if verified.former_key > 0 || head.base_seq == 0 {
+        [0; 32]
+    } else {
+        crypto::mac(&new.key, &[b"rebased", &head.base_chain])
+    };
+    let mut prev = base_chain;
+    let mut seq = head.base_seq;
+    for r in &records {
+        seq += 1;
+        let plain =
+            crate::secret::SecretBytes::new(serde_json::to_vec(r).expect("records serialize"));
+        let sealed = crypto::seal(&new.key, &new.aad(seq), plain.expose());
+        let chain = new.chain(&prev, seq, r.t_ns, &sealed);
+        tx.prepare_cached(
+            "UPDATE audit SET sealed = ?3, chain = ?4 WHERE vault_id = ?1 AND seq = ?2",
+        )?
+        .execute(params![new.vault_id, seq, sealed, &chain[..]])?;
+        prev = chain;
+    }
+    new.put_head(
+        tx,
+        &Head {
+            seq,
+            chain: prev,
+            base_seq: head.base_seq,
+            base_chain,
+            former_key: false,
+        },
+    )?;
+    Ok(Some(records.len() as u64))
 }
 
 impl VaultReader {

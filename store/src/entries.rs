@@ -56,6 +56,18 @@ fn resolve_chain(
     Ok(chain)
 }
 
+/// The entry at `addr`, which must not be the vault's root.
+pub(crate) fn resolve_entry(
+    conn: &Connection,
+    keys: &Keys,
+    vault: &OpenVault,
+    addr: &Address,
+) -> Result<Entry> {
+    resolve_chain(conn, keys, vault, addr)?
+        .pop()
+        .ok_or_else(|| StoreError::InvalidOperation(format!("{addr}: names the vault's root")))
+}
+
 /// `vault:/first/n/components`, for error messages.
 fn prefix(addr: &Address, n: usize) -> String {
     let mut s = format!("{}:", addr.vault);
@@ -99,6 +111,7 @@ fn insert_dir(
         value: None,
         mtime_ns: now_ns(),
         limits: Limits::default(),
+        written_ns: None,
     };
     rows::insert(conn, &keys.store_id, vault, generation, &content)
 }
@@ -184,6 +197,7 @@ fn write_kind_in(
         value: Some(value),
         mtime_ns: now_ns(),
         limits,
+        written_ns: None,
     };
     match existing {
         Some(old) if old.is_dir() => Err(StoreError::IsADirectory(addr.to_string())),
@@ -520,7 +534,8 @@ impl Store {
                 "{from} -> {to}: cannot move a directory into itself"
             )));
         }
-        self.write_txn(|tx, generation, keys| {
+        let carry = Carry::new(self);
+        let out = self.write_txn(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &from.vault)?;
             let chain = resolve_chain(tx, keys, &vault, from)?;
             let entry = chain.last().ok_or_else(|| {
@@ -538,25 +553,16 @@ impl Store {
             if rows::lookup(tx, &keys.store_id, &vault, new_parent, new_name)?.is_some() {
                 return Err(StoreError::Exists(to.to_string()));
             }
-            let value = match entry.kind {
-                EntryKind::File | EntryKind::Template => Some(
-                    rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?
-                        .ok_or_else(|| StoreError::NotFound(from.to_string()))?,
-                ),
-                EntryKind::Dir => None,
-            };
-            let content = RowContent {
+            let change = Kept {
                 parent: new_parent,
                 name: new_name,
-                kind: entry.kind,
                 acl: entry.acl.clone(),
-                value: value.as_ref().map(|v| v.expose()),
-                mtime_ns: now_ns(),
                 limits: entry.limits,
             };
-            rows::rewrite(tx, &keys.store_id, &vault, generation, entry, &content)
-        })
-        .map_err(|e| retag(e, from))
+            rewrite_keeping_value(tx, keys, &vault, generation, entry, &change, &carry)
+        });
+        carry.settle(&out);
+        out.map_err(|e| retag(e, from))
     }
 
     /// Changes the ACL at `addr`: the vault's defaults for the root, an override otherwise.
@@ -638,7 +644,8 @@ impl Store {
         addr: &Address,
         edit: impl FnOnce(&mut AclOverride) -> bool,
     ) -> Result<bool> {
-        self.write_txn(|tx, generation, keys| {
+        let carry = Carry::new(self);
+        let out = self.write_txn_if(|tx, generation, keys| {
             let vault = keys.open_vault_by_name(tx, &addr.vault)?;
             let chain = resolve_chain(tx, keys, &vault, addr)?;
             let entry = chain.last().ok_or_else(|| {
@@ -648,31 +655,113 @@ impl Store {
             if !edit(&mut acl) {
                 return Ok(false);
             }
-            let value = match entry.kind {
-                EntryKind::File | EntryKind::Template => Some(
-                    rows::read_value(tx, &keys.store_id, &vault, entry.id, entry.version)?
-                        .ok_or_else(|| StoreError::NotFound(addr.to_string()))?,
-                ),
-                EntryKind::Dir => None,
-            };
-            let content = RowContent {
+            let change = Kept {
                 parent: entry.parent,
                 name: &entry.name,
-                kind: entry.kind,
                 acl,
-                value: value.as_ref().map(|v| v.expose()),
-                mtime_ns: now_ns(),
                 limits: entry.limits,
             };
-            rows::rewrite(tx, &keys.store_id, &vault, generation, entry, &content)?;
+            rewrite_keeping_value(tx, keys, &vault, generation, entry, &change, &carry)?;
             Ok(true)
-        })
-        .map_err(|e| retag(e, addr))
+        });
+        carry.settle(&out);
+        out.map_err(|e| retag(e, addr))
+    }
+}
+
+/// What a rewrite that keeps an entry's value sets.
+pub(crate) struct Kept<'a> {
+    pub parent: i64,
+    pub name: &'a str,
+    pub acl: AclOverride,
+    pub limits: Limits,
+}
+
+/// Rewrites `entry` (a new row version) with `change` and the same value, keeping when the
+/// value was written and its read count: an ACL change, a move or a new limit is not a new
+/// value, so it neither restarts a `ttl` nor hands out a fresh set of opens.
+pub(crate) fn rewrite_keeping_value(
+    tx: &Connection,
+    keys: &Keys,
+    vault: &OpenVault,
+    generation: i64,
+    entry: &Entry,
+    change: &Kept<'_>,
+    carry: &Carry,
+) -> Result<Entry> {
+    let value = match entry.kind {
+        EntryKind::File | EntryKind::Template => Some(
+            rows::read_value(tx, &keys.store_id, vault, entry.id, entry.version)?.ok_or_else(
+                || StoreError::Tampered {
+                    what: format!(
+                        "entry #{} of vault {:?} (its value is missing)",
+                        entry.id, vault.info.name
+                    ),
+                },
+            )?,
+        ),
+        EntryKind::Dir => None,
+    };
+    let written_ns = match entry.kind {
+        EntryKind::Dir => None,
+        _ => Some(rows::written_ns(tx, &keys.store_id, vault, entry)?),
+    };
+    if entry.limits.max_opens.is_some() || change.limits.max_opens.is_some() {
+        carry.carry(&keys.store_id, vault.info.id, entry.id, entry.version)?;
+    }
+    let content = RowContent {
+        parent: change.parent,
+        name: change.name,
+        kind: entry.kind,
+        acl: change.acl.clone(),
+        value: value.as_ref().map(|v| v.expose()),
+        mtime_ns: now_ns(),
+        limits: change.limits,
+        written_ns,
+    };
+    rows::rewrite(tx, &keys.store_id, vault, generation, entry, &content)
+}
+
+type Carried = ([u8; 16], i64, i64, i64);
+
+/// Carries read counts across a rewrite of one row (see [`crate::counts`]): done before the
+/// rewrite commits, taken back if it does not.
+pub(crate) struct Carry {
+    state_dir: Option<std::path::PathBuf>,
+    /// The carry made: store id, vault id, entry id, the version it was carried to.
+    done: std::cell::RefCell<Option<Carried>>,
+}
+
+impl Carry {
+    pub(crate) fn new(store: &Store) -> Carry {
+        Carry {
+            state_dir: store.state_dir.clone(),
+            done: Default::default(),
+        }
+    }
+
+    fn carry(&self, store_id: &[u8; 16], vault_id: i64, id: i64, version: i64) -> Result<()> {
+        // A handle without a state directory keeps no counts (a mount would use the default).
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        crate::counts::carry(dir, store_id, vault_id, id, version, version + 1)?;
+        *self.done.borrow_mut() = Some((*store_id, vault_id, id, version + 1));
+        Ok(())
+    }
+
+    /// Takes the carry back when the rewrite did not commit.
+    pub(crate) fn settle<T>(&self, out: &Result<T>) {
+        if let (Err(_), Some(dir), Some((sid, vault_id, id, to))) =
+            (out, &self.state_dir, self.done.borrow_mut().take())
+        {
+            crate::counts::uncarry(dir, &sid, vault_id, id, to);
+        }
     }
 }
 
 /// Names the address in a tamper error, which the row layer can only name by id.
-fn retag(e: StoreError, addr: &Address) -> StoreError {
+pub(crate) fn retag(e: StoreError, addr: &Address) -> StoreError {
     match e {
         StoreError::Tampered { what } if !what.contains(&addr.to_string()) => {
             StoreError::Tampered {

@@ -59,6 +59,7 @@ mod error;
 pub mod fuzzing;
 mod head;
 mod keyslot;
+mod limit;
 mod migrate;
 mod reader;
 mod recipient;
@@ -78,13 +79,14 @@ pub use acl::{
     VaultAcl, MODE_MASK,
 };
 pub use address::{validate_name, Address, VaultPath, MAX_NAME_LEN};
-pub use audit::{AuditLog, AuditRecord, Verified};
+pub use audit::{set_audit_mirror, AuditLog, AuditRecord, Verified};
 pub use bundle::{Applied, ApplyOptions, Bundle, Shown, ShownSlot};
 pub use counts::OpenCounts;
 pub use entries::{AclFields, Listing};
 pub use error::{Result, StoreError};
 pub use head::default_state_dir;
 pub use keyslot::{Credential, KdfParams, SlotInfo, MIN_KEY_FILE_LEN};
+pub use limit::{Expiry, LimitChange, LimitOutcome};
 pub use migrate::{migrate, Migrated};
 pub use reader::{Changes, Snapshot, VaultReader};
 pub use recipient::{Identity, Recipient};

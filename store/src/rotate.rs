@@ -32,6 +32,11 @@ pub struct Rotated {
     pub rewrapped_slots: Vec<i64>,
     /// The id of the one slot left, for `cred`.
     pub slot: i64,
+    /// Audit records re-sealed under the new vault keys.
+    pub audit_records: u64,
+    /// Vaults whose audit log did not verify under the old key: left sealed under it (a
+    /// former-key segment `audit --verify` reports), never re-sealed into a chain that checks.
+    pub audit_not_resealed: Vec<String>,
 }
 
 impl Store {
@@ -89,6 +94,8 @@ impl Store {
                 .query_map([], vault_row)?
                 .collect::<rusqlite::Result<_>>()?;
             let mut entries = 0;
+            let mut audit_records = 0;
+            let mut audit_not_resealed = Vec::new();
             let mut head_keys = Vec::new();
             let mut new_vault_keys: Vec<(i64, Key)> = Vec::new();
             for row in &vault_rows {
@@ -104,6 +111,10 @@ impl Store {
                     ],
                 )?;
                 entries += reseal_entries(&tx, &sid, &old, &new, seq)?;
+                match crate::audit::reseal(&tx, sid, &old, &new)? {
+                    Some(n) => audit_records += n,
+                    None => audit_not_resealed.push(old.info.name.clone()),
+                }
                 head_keys.push((row.id, new.head_key.clone()));
                 new_vault_keys.push((row.id, new.key.clone()));
             }
@@ -154,6 +165,8 @@ impl Store {
                         .collect(),
                     rewrapped_slots: rewrapped,
                     slot: slot_id,
+                    audit_records,
+                    audit_not_resealed,
                 },
                 seq,
             ))

@@ -319,6 +319,36 @@ pub(crate) struct RowContent<'a> {
     pub value: Option<&'a [u8]>,
     pub mtime_ns: i64,
     pub limits: Limits,
+    /// When the value was written: `None` for a new value (now, `mtime_ns`); a rewrite that
+    /// keeps the value (ACL, move, limits) passes the old time on, so a limit's `ttl`, which
+    /// counts from it, means the same at every application.
+    pub written_ns: Option<i64>,
+}
+
+/// When the value of `entry` was written (its record's `created_ns`, kept by every rewrite
+/// that keeps the value; for rows written before that rule, its last rewrite).
+pub(crate) fn written_ns(
+    conn: &Connection,
+    store_id: &[u8; 16],
+    vault: &OpenVault,
+    entry: &Entry,
+) -> Result<i64> {
+    let sealed: Vec<u8> = conn
+        .prepare_cached(
+            "SELECT meta FROM entries WHERE vault_id = ?1 AND id = ?2 AND version = ?3",
+        )?
+        .query_row(params![vault.info.id, entry.id, entry.version], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or_else(|| tamper(vault, entry.id))?;
+    let meta: EntryMeta = records::open_json(
+        &vault.key,
+        &meta_aad(store_id, vault, entry.id, entry.version),
+        &sealed,
+        || describe(vault, entry.id),
+    )?;
+    Ok(meta.created_ns)
 }
 
 fn seal_into(
@@ -339,7 +369,7 @@ fn seal_into(
         acl: content.acl.clone(),
         size: content.value.map_or(0, |v| v.len() as u64),
         mtime_ns: now,
-        created_ns: now,
+        created_ns: content.written_ns.unwrap_or(now),
         expires_ns: content.limits.expires_ns,
         max_opens: content.limits.max_opens,
     };

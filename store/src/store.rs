@@ -83,6 +83,8 @@ pub struct Store {
     /// The highest head verified by this handle.
     head_seen: i64,
     state: Option<StateFile>,
+    /// The state directory (head state, read-limit counts), if any.
+    pub(crate) state_dir: Option<PathBuf>,
     /// Audit records (by vault name) committed with the next write transaction.
     pub(crate) pending_audit: Vec<(String, crate::AuditRecord)>,
 }
@@ -138,6 +140,7 @@ impl Store {
                 keys,
                 head_seen: 0,
                 state: None,
+                state_dir: None,
                 pending_audit: Vec::new(),
             }),
             Err(e) => {
@@ -202,6 +205,7 @@ impl Store {
             keys,
             head_seen: head,
             state,
+            state_dir: options.state_dir.clone(),
             pending_audit: Vec::new(),
         })
     }
@@ -251,6 +255,21 @@ impl Store {
         &mut self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, i64, &Keys) -> Result<T>,
     ) -> Result<T> {
+        let mut out = None;
+        self.write_txn_if(|tx, generation, keys| {
+            out = Some(f(tx, generation, keys)?);
+            Ok(true)
+        })?;
+        Ok(out.expect("a committed transaction ran its body"))
+    }
+
+    /// Like [`Store::write_txn`], but `f` may find that nothing needs to change (`Ok(false)`):
+    /// the transaction is then rolled back, so the head does not move, no audit record queued
+    /// for it is written (they are dropped), and mounts see no change.
+    pub(crate) fn write_txn_if(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, i64, &Keys) -> Result<bool>,
+    ) -> Result<bool> {
         self.writable()?;
         let keys = &self.keys;
         let sqlite = |e| StoreError::from_sqlite(&keys.path, e);
@@ -269,8 +288,11 @@ impl Store {
         }
         let generation = db::bump_generation(&tx).map_err(sqlite)?;
         let pending = std::mem::take(&mut self.pending_audit);
-        let out = f(&tx, generation, keys)
-            .and_then(|out| {
+        let changed = f(&tx, generation, keys)
+            .and_then(|changed| {
+                if !changed {
+                    return Ok(false);
+                }
                 // The change and its audit record commit together, or neither.
                 for (vault, record) in &pending {
                     let vault = keys.open_vault_by_name(&tx, vault)?;
@@ -279,16 +301,22 @@ impl Store {
                 }
                 let vault_keys = keys.vault_head_keys(&tx)?;
                 head::seal(&tx, &keys.store_id, &keys.head_key, generation, &vault_keys)?;
-                Ok(out)
+                Ok(true)
             })
             .map_err(|e| StoreError::from_sqlite_in(&keys.path, e))?;
+        if !changed {
+            // Dropping the transaction rolls it back, generation bump included.
+            drop(tx);
+            return Ok(false);
+        }
         tx.commit().map_err(sqlite)?;
+        crate::audit::mirror_committed(&pending);
         self.signal_change();
         self.head_seen = generation;
         if let Some(state) = &self.state {
             state.save(&self.keys.state_key, &self.keys.store_id, generation, false);
         }
-        Ok(out)
+        Ok(true)
     }
 
     /// Refuses to write through a scoped handle (it holds no master key) or to a replica made
