@@ -45,7 +45,16 @@ let
       '' + unitActions t) (templatesOf name))) cfg.mounts
     )
     + credentialsToml
+    + auditToml
   );
+
+  # The audit mirror (issue 13): off unless asked; paths only when asked too.
+  auditToml = if cfg.audit.mirror == "off" then "" else ''
+
+    [audit]
+    mirror = ${toml cfg.audit.mirror}
+    mirror_paths = ${if cfg.audit.mirrorPaths then "true" else "false"}
+  '';
 
   # --- On-change actions, templates and the credential socket (issue 14) ---
 
@@ -554,6 +563,27 @@ in
         changes nothing when the limits are already so, and never resets a read count; a
         secret not written yet is skipped. Removing an entry here leaves its limits in the
         store (`vaultfs acl limit ADDR --clear` removes them).
+      '';
+    };
+
+    audit.mirror = mkOption {
+      type = types.enum [ "off" "auto" "journal" "stderr" ];
+      default = "off";
+      description = ''
+        Copy each audit record, as it commits to the store's sealed log, to the journal as
+        structured fields (`VAULTFS_EVENT`, `VAULTFS_DECISION`, `VAULTFS_UID`, ...; read them with
+        `journalctl -o json SYSLOG_IDENTIFIER=vaultfs`) or to stderr as one logfmt line. `auto`
+        and `journal` fall back to stderr without a journal socket. Never a value. The sealed log
+        stays the record: the mirror drops (and counts) what the journal does not take at once.
+      '';
+    };
+
+    audit.mirrorPaths = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Whether mirrored records name the secret (`VAULTFS_PATH=vault:/path`). Off: the journal
+        learns which vault, who and what was decided, not which secret (names can say a lot).
       '';
     };
 

@@ -108,6 +108,53 @@ struct ServeConfig {
     mounts: Vec<MountConfig>,
     /// The credential socket for systemd's `LoadCredential=`.
     credentials: Option<CredentialsConfig>,
+    /// Mirroring of the audit log to the journal or stderr.
+    audit: Option<AuditConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditConfig {
+    /// `off`, `auto` (the journal when its socket exists, else stderr), `journal`, `stderr`.
+    mirror: String,
+    /// Whether mirrored records name the secret's path (off unless asked).
+    #[serde(default)]
+    mirror_paths: bool,
+}
+
+/// Where audit records are mirrored as they commit, besides the store's sealed log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorTarget {
+    /// Nowhere.
+    Off,
+    /// The journal when its socket exists, else stderr.
+    Auto,
+    /// The journal (native protocol); stderr when its socket is missing.
+    Journal,
+    /// stderr, one logfmt line per record.
+    Stderr,
+}
+
+impl MirrorTarget {
+    /// Parses `off`, `auto`, `journal` or `stderr`.
+    pub fn parse(text: &str) -> Option<MirrorTarget> {
+        Some(match text {
+            "off" => MirrorTarget::Off,
+            "auto" => MirrorTarget::Auto,
+            "journal" => MirrorTarget::Journal,
+            "stderr" => MirrorTarget::Stderr,
+            _ => return None,
+        })
+    }
+}
+
+/// The audit mirror a config asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorSpec {
+    /// Where.
+    pub target: MirrorTarget,
+    /// Whether records name the secret's path.
+    pub paths: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,6 +420,8 @@ pub struct CheckedConfig {
     pub mounts: Vec<MountSpec>,
     /// The credential socket, if the config has a `[credentials]` section.
     pub credentials: Option<CredentialSocketSpec>,
+    /// The audit mirror, if the config has an `[audit]` section.
+    pub audit_mirror: Option<MirrorSpec>,
 }
 
 /// Whether `name` can appear as one component of systemd's peer address (a unit name or a
@@ -553,11 +602,27 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
         Some(c) => Some(check_credentials(c, origin)?),
         None => None,
     };
+    let audit_mirror = match &config.audit {
+        None => None,
+        Some(a) => match MirrorTarget::parse(&a.mirror) {
+            Some(target) => Some(MirrorSpec {
+                target,
+                paths: a.mirror_paths,
+            }),
+            None => {
+                return fail(format!(
+                    "{origin}: [audit] mirror = {:?}: give \"off\", \"auto\", \"journal\" or \"stderr\"",
+                    a.mirror
+                ))
+            }
+        },
+    };
     Ok(CheckedConfig {
         store: config.store,
         key_file: config.key_file,
         mounts,
         credentials,
+        audit_mirror,
     })
 }
 

@@ -284,6 +284,14 @@ impl Shared {
     }
 }
 
+/// Writes `text` (one line, newline added) to the log's sink as it is: no time, no level, no
+/// repeat limiter (each line is one audit record, to be counted, never summarized). Like every
+/// line, it never waits on a blocked sink once the daemon's writer thread runs: it is dropped
+/// and counted instead.
+pub fn emit_plain(text: &str) {
+    shared().emit(format!("{text}\n"));
+}
+
 /// Formats one line: UTC time, level, text.
 fn line(level: Level, text: &str) -> String {
     format!("{} {level:>5} {text}\n", utc_now())

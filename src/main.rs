@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 mod actions;
+mod audit_mirror;
 mod cli;
 mod commands;
 mod config;
@@ -30,6 +31,12 @@ use crate::cli::{Cli, Command};
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     use commands::*;
+    // `serve` takes its mirror from its config first.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        if let Some(spec) = audit_mirror::from_env()? {
+            audit_mirror::install(spec);
+        }
+    }
     let done = match &cli.command {
         Command::Keygen { file } => keys::keygen(file),
         Command::Init { kdf, .. } => keys::init(cli, *kdf),

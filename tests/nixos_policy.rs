@@ -277,3 +277,36 @@ fn module_refuses_limits_it_cannot_apply() {
         );
     }
 }
+
+#[test]
+fn module_mirrors_the_audit_only_when_asked_and_the_config_it_writes_is_accepted() {
+    if !can_eval() {
+        return;
+    }
+    let ts = TestStore::new();
+    let mut s = sample(ts.store.to_str().unwrap());
+    let off = eval(&s).unwrap();
+    assert!(
+        !off["configText"].as_str().unwrap().contains("[audit]"),
+        "{off}"
+    );
+    s["audit"] = json!({ "mirror": "journal", "mirrorPaths": true });
+    let on = eval(&s).unwrap();
+    let text = on["configText"].as_str().unwrap().to_owned();
+    assert!(
+        text.contains("[audit]\nmirror = \"journal\"\nmirror_paths = true\n"),
+        "{text}"
+    );
+    // The daemon accepts the file the module writes.
+    let cfg = ts.path("serve.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    ts.ok(&[
+        "serve",
+        "--check",
+        "--offline",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    s["audit"] = json!({ "mirror": "loud" });
+    assert!(eval(&s).is_err(), "an unknown mirror was accepted");
+}

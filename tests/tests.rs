@@ -59,4 +59,6 @@ mod nixos_bundle;
 mod nixos_policy;
 mod policy;
 mod policy_limits;
+// The audit mirror: journal and stderr.
+mod audit_mirror;
 mod policy_templates;

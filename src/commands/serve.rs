@@ -51,6 +51,14 @@ pub fn serve(cli: &Cli, config_path: &Path, check: bool, offline: bool) -> Resul
         );
         return Ok(());
     }
+    match config.audit_mirror {
+        Some(spec) => crate::audit_mirror::install(spec),
+        None => {
+            if let Some(spec) = crate::audit_mirror::from_env()? {
+                crate::audit_mirror::install(spec);
+            }
+        }
+    }
     let store_path = match (&cli.store, &config.store) {
         (None, Some(p)) => p.clone(),
         _ => credentials::store_path(cli),
