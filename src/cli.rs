@@ -393,6 +393,11 @@ Config keys (TOML):
       id = ID         the ID of LoadCredential=ID:PATH
       source = ADDR   VAULT:/PATH of the secret or template to send
       uid = N         [default: 0] the service manager's uid (0: system; else that user's)
+  [audit]             optional: mirror audit records as they commit (never a value)
+    mirror = \"auto\"  \"journal\" (structured VAULTFS_* fields), \"stderr\" (one logfmt line),
+                      \"auto\" (the journal if its socket exists, else stderr), or \"off\";
+                      without [audit], VAULTFS_AUDIT_MIRROR decides (default: off)
+    mirror_paths = BOOL  [default: false]; name the secret (VAULTFS_PATH) in mirrored records
 
 Example config (/etc/vaultfs/serve.toml):
   store = \"/var/lib/vaultfs/store.db\"
@@ -405,6 +410,8 @@ Example config (/etc/vaultfs/serve.toml):
   mountpoint = \"/run/keys/ssh\"
   read_only = true
   open_timeout_ms = 2000
+  [audit]
+  mirror = \"auto\"
 
 Example on-change actions:
   [[mount]]
