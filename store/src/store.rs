@@ -971,4 +971,70 @@ mod rotate_tests {
             .unwrap();
         assert!(before.iter().zip(&after).all(|(a, b)| a != b));
     }
+
+    fn record(t_ns: i64, rule: &str) -> crate::AuditRecord {
+        crate::AuditRecord {
+            t_ns,
+            event: "acl".into(),
+            rule: Some(rule.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rotation_reseals_a_pruned_audit_log_and_a_former_key_segment_stays_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut store = Store::create(&path, &key_file(1), KdfParams::default()).unwrap();
+        let acl = VaultAcl {
+            owner: "root".into(),
+            group: "root".into(),
+            mode: 0o400,
+        };
+        store.create_vault("v", acl.clone()).unwrap();
+        store.create_vault("w", acl).unwrap();
+        let recs: Vec<_> = (1..=5).map(|i| record(i * 10, &format!("r{i}"))).collect();
+        store.audit("v", &recs).unwrap();
+        // A pruned start: records 1 and 2 gone, the chain starts at 3.
+        assert_eq!(store.audit_prune("v", 25).unwrap(), 2);
+        let done = store
+            .rotate_keys(&key_file(1), KdfParams::default())
+            .unwrap();
+        assert_eq!(done.audit_records, 3);
+        assert!(done.audit_not_resealed.is_empty());
+        let (read, verified) = store.audit_records("v").unwrap();
+        assert_eq!(read, recs[2..].to_vec());
+        assert_eq!((verified.first_seq, verified.former_key), (3, 0));
+        // The log goes on under the new key, and prunes again.
+        store.audit("v", &[record(60, "r6")]).unwrap();
+        assert_eq!(store.audit_records("v").unwrap().0.len(), 4);
+        assert_eq!(store.audit_prune("v", 45).unwrap(), 2);
+        assert_eq!(store.audit_records("v").unwrap().1.first_seq, 5);
+        // A vault with no log yet: nothing to re-seal, still empty after.
+        assert!(store.audit_records("w").unwrap().0.is_empty());
+
+        // A tampered log is left under the old key and reported, not re-sealed into a chain
+        // that checks.
+        store
+            .conn
+            .execute("UPDATE audit SET t_ns = 99 WHERE seq = 6", [])
+            .unwrap();
+        assert!(store.audit_records("v").unwrap_err().is_tamper());
+        let done = store
+            .rotate_keys(&key_file(1), KdfParams::default())
+            .unwrap();
+        assert_eq!(done.audit_not_resealed, vec!["v".to_owned()]);
+        let (read, verified) = store.audit_records("v").unwrap();
+        assert!(read.is_empty());
+        assert_eq!(verified.former_key, 6);
+        // A third rotation keeps the former-key segment as it is (a zero base).
+        let done = store
+            .rotate_keys(&key_file(1), KdfParams::default())
+            .unwrap();
+        assert!(done.audit_not_resealed.is_empty());
+        assert_eq!(store.audit_records("v").unwrap().1.former_key, 6);
+        store.audit("v", &[record(70, "r7")]).unwrap();
+        let (read, verified) = store.audit_records("v").unwrap();
+        assert_eq!((read.len(), verified.former_key), (1, 6));
+    }
 }
