@@ -191,6 +191,8 @@ fn bad_limit_requests_fail_with_one_line_naming_the_secret_and_write_nothing() {
     let ts = TestStore::new();
     ts.vault("lim", &[]);
     ts.write("lim:/d/x", b"v");
+    let out = ts.run(&["template", "set", "lim:/tpl"], b"x={{ lim:/d/x }}\n");
+    assert!(out.status.success(), "{out:?}");
     let h = head(&ts);
     for (args, code, want) in [
         (vec!["lim:/d/x"], 2, "nothing to set"),
@@ -203,6 +205,11 @@ fn bad_limit_requests_fail_with_one_line_naming_the_secret_and_write_nothing() {
         ),
         (vec!["lim:/d", "--max-opens", "1"], 1, "is a directory"),
         (vec!["lim:/nope", "--max-opens", "1"], 1, "no such file"),
+        (
+            vec!["lim:/tpl", "--max-opens", "1"],
+            1,
+            "mounts do not count its opens",
+        ),
     ] {
         let mut all = vec!["acl", "limit"];
         all.extend_from_slice(&args);
@@ -221,4 +228,10 @@ fn bad_limit_requests_fail_with_one_line_naming_the_secret_and_write_nothing() {
     limit(&ts, &["other:/nope", "--if-exists", "--max-opens", "1"]);
     assert_eq!(head(&ts), h, "a refused limit wrote something");
     assert!(!ts.ok_text(&["ls", "-l", "lim:/d"]).contains("max-opens"));
+    // A template may expire; `acl show --json` says so.
+    limit(&ts, &["lim:/tpl", "--expires", "2099-01-01T00:00:00Z"]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ts.ok_text(&["acl", "show", "--json", "lim:/tpl"])).unwrap();
+    assert_eq!(shown["limits"]["expires_ns"], 4_070_908_800_000_000_000i64);
+    assert_eq!(shown["limits"]["max_opens"], serde_json::Value::Null);
 }

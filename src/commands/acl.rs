@@ -93,6 +93,10 @@ pub fn acl(cli: &Cli, cmd: &AclCommand) -> Result<()> {
                     "group": field(acl.group.value.clone(), &acl.group.source),
                     "mode": field(format!("{:04o}", acl.mode.value), &acl.mode.source),
                     "shown": output::mode_string(projected_mode(acl.mode.value, is_dir), is_dir),
+                    "limits": store.stat(&addr)?.map(|l| serde_json::json!({
+                        "expires_ns": l.entry.limits.expires_ns,
+                        "max_opens": l.entry.limits.max_opens,
+                    })),
                     "grants": acl.grants.iter().map(|g| serde_json::json!({
                         "user": match &g.value.principal { Principal::User(u) => Some(u), _ => None },
                         "group": match &g.value.principal { Principal::Group(n) => Some(n), _ => None },

@@ -84,6 +84,14 @@ impl Store {
                     "{addr} (limits are set on a secret's value)"
                 )));
             }
+            if entry.kind == EntryKind::Template && matches!(change.max_opens, Some(Some(_))) {
+                // Mounts render a template at each open and count no opens of it: a read
+                // limit there would be served unlimited.
+                return Err(StoreError::InvalidOperation(format!(
+                    "{addr} is a template: mounts do not count its opens, so a read limit there \
+                     would not hold; set an expiry, or limit a secret read directly"
+                )));
+            }
             let written = rows::written_ns(tx, &keys.store_id, &vault, &entry)?;
             let limits = change.apply(entry.limits, written);
             if limits == entry.limits {
