@@ -572,7 +572,7 @@ in
       description = ''
         Copy each audit record, as it commits to the store's sealed log, to the journal as
         structured fields (`VAULTFS_EVENT`, `VAULTFS_DECISION`, `VAULTFS_UID`, ...; read them with
-        `journalctl -o json SYSLOG_IDENTIFIER=vaultfs`) or to stderr as one logfmt line. `auto`
+        `journalctl -o json SYSLOG_IDENTIFIER=vaultfs-audit`) or to stderr as one logfmt line. `auto`
         and `journal` fall back to stderr without a journal socket. Never a value. The sealed log
         stays the record: the mirror drops (and counts) what the journal does not take at once.
       '';

@@ -145,7 +145,7 @@ pub fn fields(vault: &str, r: &AuditRecord, paths: bool) -> Vec<(&'static str, S
     let mut f = vec![
         ("MESSAGE", message),
         ("PRIORITY", priority.to_string()),
-        ("SYSLOG_IDENTIFIER", "vaultfs".to_owned()),
+        ("SYSLOG_IDENTIFIER", "vaultfs-audit".to_owned()),
         ("VAULTFS_EVENT", r.event.clone()),
         ("VAULTFS_DECISION", decision.to_owned()),
         ("VAULTFS_VAULT", vault.to_owned()),

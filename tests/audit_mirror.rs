@@ -225,7 +225,7 @@ fn the_journal_mirror_under_systemd_carries_structured_fields() {
              setpriv --reuid 65534 --regid 65534 --clear-groups cat /run/vfs-mirror/mnt/dir/tok >/dev/null 2>&1; echo $? >/out/nobody.rc\n\
              VAULTFS_AUDIT_MIRROR=journal VAULTFS_AUDIT_MIRROR_PATHS=1 {cli} acl limit {vault}:/dir/tok --max-opens 7\n\
              sleep 2\n\
-             journalctl -b --no-pager -o json SYSLOG_IDENTIFIER=vaultfs >/out/audit.json\n\
+             journalctl -b --no-pager -o json -t vaultfs-audit >/out/audit.json\n\
              journalctl -b --no-pager >/out/journal.txt\n"
         ),
     )
@@ -285,6 +285,7 @@ fn the_journal_mirror_under_systemd_carries_structured_fields() {
     assert_eq!(field(&allow, "VAULTFS_UID"), "0");
     assert_eq!(field(&allow, "VAULTFS_VAULT"), vault);
     assert_eq!(field(&allow, "PRIORITY"), "6");
+    assert_eq!(field(&allow, "SYSLOG_IDENTIFIER"), "vaultfs-audit");
     assert!(
         field(&allow, "VAULTFS_PID").parse::<u32>().is_ok(),
         "{allow}"
