@@ -59,3 +59,5 @@ mod nixos_bundle;
 mod nixos_policy;
 mod policy;
 mod policy_templates;
+// Kernel-checked mounts: no opens in the daemon, pushed invalidation, refusals.
+mod kernel_checks;
