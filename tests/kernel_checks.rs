@@ -468,3 +468,54 @@ fn the_serve_config_key_turns_it_on_and_is_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn the_nixos_option_writes_the_serve_key_for_that_mount_only() {
+    if !crate::common::require_tool("nix-instantiate") {
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let settings = serde_json::json!({
+        "enable": true,
+        "keyFile": "/etc/vaultfs/key",
+        "mounts": {
+            "fast": { "source": "kv", "kernelChecks": true },
+            "plain": { "source": "other" },
+        },
+    });
+    let out = std::process::Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(repo.join("nixos/tests/eval.nix"))
+        .args(["--argstr", "settingsJSON", &settings.to_string()])
+        .env("NIX_REMOTE", "dummy://")
+        .output()
+        .expect("run nix-instantiate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v["configFile"]["text"].as_str().expect("configFile.text");
+    let fast = text
+        .split("[[mount]]")
+        .find(|m| m.contains("\"kv\""))
+        .unwrap();
+    let plain = text
+        .split("[[mount]]")
+        .find(|m| m.contains("\"other\""))
+        .unwrap();
+    assert!(fast.contains("kernel_checks = true\n"), "{text}");
+    assert!(!plain.contains("kernel_checks"), "{text}");
+    // And the daemon accepts what the module wrote.
+    let ts = TestStore::new();
+    let config = ts.path("serve.toml");
+    std::fs::write(&config, text).unwrap();
+    ts.ok(&[
+        "serve",
+        "--check",
+        "--offline",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+}
