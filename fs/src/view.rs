@@ -1237,6 +1237,71 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_checked_view_leaves_out_what_needs_an_open_and_never_widens() {
+        let tree = Tree::new(1, vault(), entries(), VaultPath::root()).kernel_checks();
+        assert!(tree.blocked().is_empty());
+        let mut tree = tree;
+        // A grant on a file: the file goes (a name and an inode to invalidate), logged once.
+        let mut a = granted(2, 1, "a", EntryKind::File);
+        a.version = 2;
+        let stale = tree.apply(2, None, vec![a.clone()], &[]);
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap();
+        assert!(tree.child(dir, "a").is_none(), "hidden");
+        assert!(stale.contains(&Stale::Name(INodeNo(2), "a".into())));
+        assert!(!tree.has_reach(), "no way is widened to a grant");
+        assert_eq!(tree.node(INodeNo::ROOT).unwrap().shown_perm(), 0o500);
+        let newly = tree.take_newly_blocked();
+        assert_eq!(newly.len(), 1);
+        assert_eq!(
+            (newly[0].1.to_string(), newly[0].2),
+            ("/dir/a".into(), "a grant")
+        );
+        // Touched again with the same rule: not reported again.
+        a.version = 3;
+        tree.apply(3, None, vec![a], &[]);
+        assert!(tree.take_newly_blocked().is_empty());
+        assert_eq!(tree.blocked().len(), 1);
+        // A read limit on another file; a granted directory hides its subtree.
+        let mut b = entries()[2].clone();
+        b.limits.max_opens = Some(2);
+        b.version = 4;
+        tree.apply(4, None, vec![b], &[]);
+        assert_eq!(tree.take_newly_blocked()[0].2, "a read limit (max-opens)");
+        let mut d = granted(1, 0, "dir", EntryKind::Dir);
+        d.version = 5;
+        tree.apply(5, None, vec![d], &[]);
+        assert!(tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .is_none());
+        // Rules removed: everything is back, and the tree equals one built from scratch.
+        let mut plain_dir = entries()[0].clone();
+        plain_dir.version = 6;
+        let mut plain_a = entries()[1].clone();
+        plain_a.version = 6;
+        let mut plain_b = entries()[2].clone();
+        plain_b.version = 6;
+        tree.apply(6, None, vec![plain_dir, plain_a, plain_b], &[]);
+        assert!(tree.blocked().is_empty());
+        let fresh = Tree::new(
+            6,
+            vault(),
+            tree.entries.values().cloned().collect(),
+            VaultPath::root(),
+        );
+        assert_eq!(fresh.nodes, tree.nodes);
+        // A template as the root of a single-file mount: nothing is served.
+        let mut t = entries()[3].clone();
+        t.kind = EntryKind::Template;
+        let mut rows = entries();
+        rows[3] = t;
+        let single = Tree::new(1, vault(), rows, path("/top")).kernel_checks();
+        assert!(single.node(INodeNo::ROOT).is_none());
+        assert_eq!(single.blocked()[0].1, "a template");
+    }
+
+    #[test]
     fn an_expiry_hides_a_secret_by_time_and_a_new_value_brings_it_back() {
         let mut rows = entries();
         rows[3].limits.expires_ns = Some(1_000);

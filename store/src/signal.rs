@@ -219,6 +219,43 @@ mod tests {
     }
 
     #[test]
+    fn writers_wait_for_live_acknowledgements_and_remove_dead_ones() {
+        use std::os::unix::fs::FileExt;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store.db");
+        std::fs::write(&store, b"").unwrap();
+        let ack = |n: &str| {
+            let mut p = ack_prefix(&store);
+            p.push(n);
+            PathBuf::from(p)
+        };
+        // A dead daemon's file (nobody holds its lock): removed, not waited for.
+        std::fs::write(ack("1.0"), [0u8; 8]).unwrap();
+        let t = Instant::now();
+        bump(&store).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(500));
+        assert!(!ack("1.0").exists());
+        // A live one that never answers: waited for until the limit.
+        let live = std::fs::File::create(ack("2.0")).unwrap();
+        let live = nix::fcntl::Flock::lock(live, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        let t = Instant::now();
+        std::fs::File::create(path_of(&store)).unwrap();
+        let signal = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path_of(&store))
+            .unwrap();
+        signal.write_all_at(&7u64.to_le_bytes(), 0).unwrap();
+        wait_for_acks(&store, Duration::from_millis(200));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        // One that answers with the current token: the wait ends at once.
+        live.write_all_at(&7u64.to_le_bytes(), 0).unwrap();
+        let t = Instant::now();
+        wait_for_acks(&store, Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
     fn an_empty_file_has_no_token() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
