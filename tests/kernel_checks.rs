@@ -519,3 +519,60 @@ fn the_nixos_option_writes_the_serve_key_for_that_mount_only() {
         config.to_str().unwrap(),
     ]);
 }
+
+#[test]
+fn rm_and_mv_are_seen_by_the_next_open() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    kernel_vault(&ts);
+    ts.write("kv:/c", b"sea");
+    let (mnt, log) = (ts.path("mnt"), ts.path("mount.log"));
+    let _m = mount_kernel(&ts, "kv", &mnt, &log);
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"value-0");
+        assert_eq!(std::fs::read(mnt.join("c")).unwrap(), b"sea");
+    }
+    ts.ok(&["rm", "kv:/c"]);
+    let err = std::fs::read(mnt.join("c")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    ts.ok(&["mv", "kv:/a", "kv:/dir/a2"]);
+    let err = std::fs::read(mnt.join("a")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert_eq!(std::fs::read(mnt.join("dir/a2")).unwrap(), b"value-0");
+}
+
+#[test]
+fn serve_refuses_a_kernel_checked_mount_of_a_vault_with_a_template_with_exit_2() {
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    kernel_vault(&ts);
+    let out = ts.run(&["template", "set", "kv:/t"], b"x={{ kv:/a }}\n");
+    assert!(out.status.success(), "{out:?}");
+    let mnt = ts.path("mnt");
+    let config = ts.path("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mount]]\nsource = \"kv\"\nmountpoint = \"{}\"\nkernel_checks = true\n",
+            mnt.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = ts.cmd();
+    cmd.args(["serve", "--config", config.to_str().unwrap()]);
+    let out = within(Duration::from_secs(20), "serve", move || {
+        crate::common::run_command(&mut cmd, b"")
+    });
+    assert_eq!(code(&out), 2, "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("kernel checks refused: kv:/t has a template"),
+        "{err}"
+    );
+    assert!(!is_mounted(&mnt));
+}
