@@ -96,6 +96,21 @@ fn opens_never_reach_the_daemon_and_unchanged_reads_come_from_the_page_cache() {
         reads <= 2,
         "1,000 reads of 2 unchanged secrets: {reads} reached the daemon"
     );
+    // The audit log says that this mount's opens were not audited, and has none of them.
+    let mut audit = String::new();
+    crate::mounts::wait_until(Duration::from_secs(10), "the audit's stop record", || {
+        audit = ts.ok_text(&["audit"]);
+        audit.contains(" stop ")
+    });
+    let start = audit
+        .lines()
+        .find(|l| l.contains(" start "))
+        .expect("a start record");
+    assert!(
+        start.contains("kernel-checks: opens through this mount are not audited"),
+        "{audit}"
+    );
+    assert!(!audit.lines().any(|l| l.contains(" open ")), "{audit}");
 }
 
 #[test]

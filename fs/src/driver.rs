@@ -186,7 +186,12 @@ impl Shared {
         let workers = pool("vaultfs-store", STORE_WORKERS, STORE_QUEUE)?;
         let openers = pool("vaultfs-open", OPENERS, OPEN_QUEUE)?;
         let reader = Arc::new(reader);
-        let audit = crate::audit::Auditor::start(&reader);
+        let audit = crate::audit::Auditor::start(
+            &reader,
+            options
+                .kernel_checks
+                .then_some("kernel-checks: opens through this mount are not audited"),
+        );
         let shared = Shared {
             audit,
             reader,
