@@ -591,3 +591,36 @@ fn serve_refuses_a_kernel_checked_mount_of_a_vault_with_a_template_with_exit_2()
     );
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn a_descriptor_opened_before_a_rotation_or_rm_keeps_its_version() {
+    use std::io::{Read, Seek};
+    if !can_mount() {
+        return;
+    }
+    let ts = TestStore::new();
+    kernel_vault(&ts);
+    let (mnt, log) = (ts.path("mnt"), ts.path("mount.log"));
+    let _m = mount_kernel(&ts, "kv", &mnt, &log);
+    let mut old = std::fs::File::open(mnt.join("a")).unwrap();
+    let mut got = Vec::new();
+    old.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"value-0");
+    ts.write("kv:/a", b"a longer value-1");
+    // The rotation dropped the old inode's pages and attributes: both come back from the
+    // daemon, at the old version.
+    assert_eq!(old.metadata().unwrap().len(), 7);
+    old.rewind().unwrap();
+    got.clear();
+    old.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"value-0");
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"a longer value-1");
+    // Removed: new opens fail, the old descriptor keeps its version (as on any filesystem).
+    ts.ok(&["rm", "kv:/a"]);
+    let err = std::fs::read(mnt.join("a")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    old.rewind().unwrap();
+    got.clear();
+    old.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"value-0");
+}

@@ -731,14 +731,11 @@ impl Shared {
                 .pinned(ino)
                 .or_else(|| self.cache.get(node.id, node.version))
                 .ok_or(None),
-            // An older version, read by a descriptor opened before a rotation: served while
-            // the secret itself is (not deleted, hidden, expired or spent).
-            None => match crate::view::split_version_ino(ino) {
-                Some((id, _)) if tree.node_by_id(id).is_some() => {
-                    kernel.pinned(ino).ok_or(Some(Errno::ESTALE))
-                }
-                _ => Err(Some(Errno::ESTALE)),
-            },
+            // An older version (or one since deleted or hidden), read by a descriptor opened
+            // before the change: that descriptor keeps its version, as a handle does on a
+            // default mount and as on any filesystem. New opens never reach this inode: its
+            // name was invalidated.
+            None => kernel.pinned(ino).ok_or(Some(Errno::ESTALE)),
         }
     }
 
@@ -941,7 +938,10 @@ impl VaultFs {
         let serve =
             move |shared: &Shared, value: Arc<vaultfs_store::SealedValue>, reply: ReplyData| {
                 if let Some(k) = &shared.kernel {
-                    k.pin(ino, &value);
+                    k.pin(ino, &value, || {
+                        let tree = shared.tree();
+                        tree.node(ino).map(|n| shared.attr_of(n, ino))
+                    });
                 }
                 match value.read(offset, size as usize) {
                     Ok(bytes) => reply.data(bytes.expose()),
@@ -1083,6 +1083,11 @@ impl Filesystem for VaultFs {
             tree.node(ino).map(|node| self.shared.attr_of(node, ino))
         };
         if let Some(attr) = current {
+            return reply.attr(&TTL, &attr);
+        }
+        // fstat on a descriptor of an outdated version on a kernel-checked mount: the
+        // attributes pinned with its ciphertext.
+        if let Some(attr) = self.shared.kernel.as_ref().and_then(|k| k.pinned_attr(ino)) {
             return reply.attr(&TTL, &attr);
         }
         // fstat on a handle of an outdated version: that version's attributes.

@@ -13,22 +13,24 @@
 //!
 //! Reads arrive without a handle (fh 0): each one serves the version its inode stands for
 //! (one inode per version, `view.rs`), never "the newest". The ciphertext read for an inode is
-//! pinned until the kernel forgets the inode, so a reader that opened an older version keeps
-//! reading it if its pages are evicted, as long as the secret is still served.
+//! pinned until the kernel forgets the inode, so a descriptor opened before a rotation (or an
+//! `rm`) keeps reading its version when its pages are dropped, as a handle does on a default
+//! mount; new opens never reach such an inode, since its name is invalidated.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use fuser::INodeNo;
+use fuser::{FileAttr, INodeNo};
 use parking_lot::Mutex;
 use vaultfs_store::SealedValue;
 
 /// The kernel-checked state of one mount.
 #[derive(Debug, Default)]
 pub struct KernelMode {
-    /// Ciphertext by version inode, from the first read until the kernel forgets the inode.
-    pins: Mutex<HashMap<u64, Arc<SealedValue>>>,
+    /// Ciphertext and attributes by version inode, from the first read until the kernel
+    /// forgets the inode (fstat on an older version's descriptor gets its own attributes).
+    pins: Mutex<HashMap<u64, (Arc<SealedValue>, FileAttr)>>,
     /// OPEN requests that reached the daemon (the first one, answered ENOSYS; then none).
     pub opens: AtomicU64,
     /// READ requests that reached the daemon (page cache misses).
@@ -40,14 +42,31 @@ pub struct KernelMode {
 impl KernelMode {
     /// The ciphertext pinned for `ino`.
     pub fn pinned(&self, ino: INodeNo) -> Option<Arc<SealedValue>> {
-        self.pins.lock().get(&ino.0).cloned()
+        self.pins.lock().get(&ino.0).map(|(v, _)| v.clone())
     }
 
-    /// Pins `value` for `ino` (not for the root of a single-secret mount: one inode for
-    /// every version, always read at its current version).
-    pub fn pin(&self, ino: INodeNo, value: &Arc<SealedValue>) {
-        if ino != INodeNo::ROOT {
-            self.pins.lock().insert(ino.0, value.clone());
+    /// The attributes pinned for `ino`.
+    pub fn pinned_attr(&self, ino: INodeNo) -> Option<FileAttr> {
+        self.pins.lock().get(&ino.0).map(|(_, a)| *a)
+    }
+
+    /// Pins `value` and the attributes `attr` gives for `ino`, unless it is pinned already
+    /// (not for the root of a single-secret mount: one inode for every version, always read
+    /// at its current version).
+    pub fn pin(
+        &self,
+        ino: INodeNo,
+        value: &Arc<SealedValue>,
+        attr: impl FnOnce() -> Option<FileAttr>,
+    ) {
+        if ino == INodeNo::ROOT {
+            return;
+        }
+        let mut pins = self.pins.lock();
+        if !pins.contains_key(&ino.0) {
+            if let Some(attr) = attr() {
+                pins.insert(ino.0, (value.clone(), attr));
+            }
         }
     }
 

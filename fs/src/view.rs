@@ -342,11 +342,6 @@ impl Tree {
             .fold(VaultPath::root(), |path, name| path.join(name))
     }
 
-    /// The node of entry `id` as the view serves it now (`None` when it is not served).
-    pub fn node_by_id(&self, id: i64) -> Option<&Node> {
-        self.nodes.get(&id)
-    }
-
     /// Whether a kernel-checked view serves `node`; records why not. Called wherever a node
     /// enters the view.
     fn admit(&mut self, node: &Node) -> bool {
