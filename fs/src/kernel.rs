@@ -62,10 +62,9 @@ impl KernelMode {
         if ino == INodeNo::ROOT {
             return;
         }
-        let mut pins = self.pins.lock();
-        if !pins.contains_key(&ino.0) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.pins.lock().entry(ino.0) {
             if let Some(attr) = attr() {
-                pins.insert(ino.0, (value.clone(), attr));
+                slot.insert((value.clone(), attr));
             }
         }
     }
