@@ -62,10 +62,15 @@ impl KernelMode {
         if ino == INodeNo::ROOT {
             return;
         }
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.pins.lock().entry(ino.0) {
-            if let Some(attr) = attr() {
-                slot.insert((value.clone(), attr));
-            }
+        if self.pins.lock().contains_key(&ino.0) {
+            return;
+        }
+        // Outside the pins' lock: `attr` takes the tree's, which readers take before this one.
+        if let Some(attr) = attr() {
+            self.pins
+                .lock()
+                .entry(ino.0)
+                .or_insert_with(|| (value.clone(), attr));
         }
     }
 
