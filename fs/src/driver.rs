@@ -946,7 +946,9 @@ impl VaultFs {
                 match value.read(offset, size as usize) {
                     Ok(bytes) => reply.data(bytes.expose()),
                     Err(e) => {
-                        shared.report_unreadable(-1, &format!("inode {:#x}", ino.0), &e);
+                        // Once per entry (the root of a single-secret mount counts as one).
+                        let id = crate::view::split_version_ino(ino).map_or(-1, |(id, _)| id);
+                        shared.report_unreadable(id, &format!("inode {:#x}", ino.0), &e);
                         reply.error(Errno::EIO);
                     }
                 }
