@@ -38,7 +38,8 @@ let
         source = ${toml m.source}
         mountpoint = ${toml m.mountPoint}
         read_only = ${if m.readOnly then "true" else "false"}
-      '' + unitActions m + builtins.concatStringsSep "" (map (t: ''
+      '' + (if m.kernelChecks then "kernel_checks = true\n" else "")
+      + unitActions m + builtins.concatStringsSep "" (map (t: ''
         # services.vaultfs.templates.${t.name}
         [[mount.on_change]]
         path = ${toml (vaultPath t.path)}
@@ -416,6 +417,18 @@ let
         type = types.bool;
         default = true;
         description = "Mount read-only. Only read-only mounts are supported for now.";
+      };
+      kernelChecks = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Let the kernel check access from the files' owner, group and mode, and skip opens:
+          unchanged secrets are then read from the page cache, several times faster. The
+          daemon refuses to start such a mount over a vault with templates, grants (with or
+          without unit or exe conditions) or read limits, and hides entries that gain one
+          later; opens through it are not audited. Rotation and revocation still reach the
+          next open (pushed by invalidation before `vaultfs write` returns).
+        '';
       };
     } // unitsOptions "anything under the mount";
   };

@@ -287,6 +287,11 @@ pub enum Command {
         #[arg(long, value_name = "MS", default_value_t = 2000,
               value_parser = clap::value_parser!(u64).range(1..=600_000))]
         open_timeout_ms: u64,
+        /// Let the kernel check access and skip opens: unchanged secrets are read from the
+        /// page cache. Refused for vaults with templates, grants or read limits; opens are
+        /// not audited
+        #[arg(long)]
+        kernel_checks: bool,
     },
     /// Unmount a vaultfs mount; its daemon then exits 0
     #[command(after_help = "Example:\n  vaultfs umount /run/keys/nix")]
@@ -369,6 +374,9 @@ Config keys (TOML):
     read_only = BOOL  [default: true]; mounts are read-only, so false is refused
     open_timeout_ms = MS  [default: 2000]; how long an open waits for a locked or stuck
                       store before it fails with EIO (listing and stat never wait)
+    kernel_checks = BOOL  [default: false]; the kernel checks access and opens never reach
+                      the daemon (reads from the page cache); refused for a vault with
+                      templates, grants or read limits; opens are not audited
     On-change actions run when the bytes a reader of the mount would get change (a
     secret's value, a template's rendering): never at start, not for a rewrite with the
     same bytes, once per burst (after a quiet window), retried with backoff on failure:

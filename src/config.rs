@@ -22,6 +22,8 @@ pub struct MountSpec {
     pub mountpoint: PathBuf,
     /// How long an open may wait for the store before it fails with EIO.
     pub open_timeout: std::time::Duration,
+    /// Let the kernel check access and skip opens (`kernel_checks = true`).
+    pub kernel_checks: bool,
     /// What to do when the bytes under this mount change (empty: nothing).
     pub actions: Vec<ActionSpec>,
     /// How long changes must stay quiet before the actions run.
@@ -207,6 +209,9 @@ struct MountConfig {
     read_only: bool,
     /// Milliseconds an open may wait for the store before it fails with EIO.
     open_timeout_ms: Option<u64>,
+    /// The kernel checks access and opens never reach the daemon.
+    #[serde(default)]
+    kernel_checks: bool,
     /// Units restarted when anything under the mount changes.
     restart_units: Option<Vec<String>>,
     /// Units reloaded (or restarted) when anything under the mount changes.
@@ -586,6 +591,7 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
             // Without a trailing slash, as `vaultfs mount` takes it.
             mountpoint: m.mountpoint.components().collect(),
             open_timeout,
+            kernel_checks: m.kernel_checks,
             actions,
             quiet_period,
         });

@@ -113,6 +113,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             foreground,
             log_file,
             open_timeout_ms,
+            kernel_checks,
             ..
         } => {
             let timeout = std::time::Duration::from_millis(*open_timeout_ms);
@@ -123,6 +124,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 *foreground,
                 log_file.as_deref(),
                 timeout,
+                *kernel_checks,
             );
         }
         Command::Umount { mountpoint } => mount::umount(mountpoint),

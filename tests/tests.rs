@@ -62,3 +62,5 @@ mod policy_limits;
 // The audit mirror: journal and stderr.
 mod audit_mirror;
 mod policy_templates;
+// Kernel-checked mounts: no opens in the daemon, pushed invalidation, refusals.
+mod kernel_checks;

@@ -8,10 +8,11 @@ use std::fmt::Write as _;
 use crate::report::Section;
 use crate::stats::{fmt_num, Summary};
 
-const SYSTEMS: [(&str, &str); 3] = [
+const SYSTEMS: [(&str, &str); 4] = [
     ("tmpfs", "#9e9e9e"),
     ("gocryptfs", "#e69f00"),
     ("vaultfs", "#0072b2"),
+    (crate::KC, "#009e73"),
 ];
 
 fn esc(s: &str) -> String {
@@ -59,7 +60,8 @@ pub fn ops_chart(steady: &Section, title: &str) -> Option<String> {
     }
     let (lo, hi) = (1e3, 1e6);
     let (left, width, bar, gap) = (230.0, 520.0, 16.0, 18.0);
-    let height = 60.0 + rows.len() as f64 * (3.0 * bar + gap) + 40.0;
+    let bars_total: usize = rows.iter().map(|(_, b)| b.len()).sum();
+    let height = 60.0 + bars_total as f64 * bar + rows.len() as f64 * gap + 40.0;
     let mut s = String::new();
     let _ = write!(
         s,

@@ -16,7 +16,7 @@ use crate::report::{Metric, Section};
 use crate::setup::Env;
 use crate::sys::check_stop;
 use crate::targets;
-use crate::{progress, rotated};
+use crate::{progress, rotated, KC};
 
 /// Sizes of the large values, MiB.
 pub const SIZES_MIB: [usize; 3] = [1, 4, 16];
@@ -89,6 +89,26 @@ pub fn large(env: &mut Env) -> Result<(Section, Option<Section>)> {
             }
         }
     }
+    // The kernel-checked mode: a store of its own without the template (which it refuses).
+    if env.vfs_mounted && env.v_big_k.is_some() {
+        let v = env.vfs.as_ref().expect("mounted");
+        let db = env.fs.join("stores").join("large-k.db");
+        let mp = env.mnt.join("vaultfs-kc-large");
+        let r = v
+            .create_store(&db, "large", &plain, env.cfg.populate)
+            .and_then(|_| v.mount_kernel(&db, "large", &mp));
+        match r {
+            Ok((g, _)) => {
+                env.stack.0.push(g);
+                dirs.push((KC, mp));
+            }
+            Err(e) => {
+                check_stop()?;
+                env.notes
+                    .push(format!("large secrets: vaultfs-kc left out: {e:#}"));
+            }
+        }
+    }
     // Every target must serve the same bytes before anything is timed.
     for (t, dir) in &dirs {
         for mib in SIZES_MIB {
@@ -100,7 +120,16 @@ pub fn large(env: &mut Env) -> Result<(Section, Option<Section>)> {
 
     // Six measurements per target and repetition: half a second each is plenty for MB/s.
     let dur = cfg.dur.min(std::time::Duration::from_millis(500));
-    let cols = ["tmpfs", "gocryptfs", "vaultfs"];
+    let mut cols = vec!["tmpfs", "gocryptfs", "vaultfs"];
+    let mut ratios = vec![
+        ("vaultfs ÷ gocryptfs", "vaultfs", "gocryptfs"),
+        ("vaultfs ÷ tmpfs", "vaultfs", "tmpfs"),
+    ];
+    if dirs.iter().any(|(t, _)| *t == KC) {
+        cols.push(KC);
+        ratios.push(("vaultfs-kc ÷ tmpfs", KC, "tmpfs"));
+        ratios.push(("vaultfs-kc ÷ vaultfs", KC, "vaultfs"));
+    }
     let mut sec = Section::new(
         "large",
         &format!(
@@ -109,10 +138,7 @@ pub fn large(env: &mut Env) -> Result<(Section, Option<Section>)> {
             dur.as_secs_f64()
         ),
         &cols,
-        &[
-            ("vaultfs ÷ gocryptfs", "vaultfs", "gocryptfs"),
-            ("vaultfs ÷ tmpfs", "vaultfs", "tmpfs"),
-        ],
+        &ratios,
     );
     let mut metrics: Vec<(usize, bool, Metric)> = Vec::new();
     for cold in [true, false] {
@@ -139,7 +165,7 @@ pub fn large(env: &mut Env) -> Result<(Section, Option<Section>)> {
             }
         }
         for (_, _, m) in metrics.iter_mut() {
-            for c in cols {
+            for c in &cols {
                 m.pad(c, rep + 1);
             }
         }

@@ -12,6 +12,7 @@ mod compare;
 mod large;
 mod reader;
 mod report;
+mod revoke;
 mod rotation;
 mod scale;
 mod setup;
@@ -40,6 +41,8 @@ const SMALL: usize = 1_000;
 const BIG: usize = 10_000;
 /// Every secret is this long.
 const VALUE_LEN: usize = 64;
+/// The kernel-checked vaultfs mounts (`vaultfs mount --kernel-checks`), as a system.
+pub const KC: &str = "vaultfs-kc";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,6 +62,9 @@ struct Cli {
 enum Cmd {
     /// Run one reader workload on a directory and print the result as JSON
     Reader(ReaderArgs),
+    /// Open files named on stdin as uid 65534, one answer per line (the revocation workload)
+    #[command(hide = true)]
+    Probe,
     /// Compare two result files (ratios to the baselines, and vaultfs's own figures)
     Compare {
         /// The earlier run, e.g. bench/results/reference-*.json
@@ -198,6 +204,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Reader(a)) => reader_cmd(a),
+        Some(Cmd::Probe) => revoke::probe(),
         Some(Cmd::Compare { old, new }) => compare::compare(&old, &new),
         None => {
             sys::install_signal_handlers();
@@ -375,6 +382,14 @@ fn run_in(cfg: &Config) -> Result<()> {
     let (steady, ceiling) = steady::steady(&mut env)?;
     let cli = cli::cli(&mut env)?;
     let rot = rotation::rotation(&mut env)?;
+    let revoked = match revoke::revocation(&mut env) {
+        Ok(s) => s,
+        Err(e) => {
+            check_stop()?;
+            env.notes.push(format!("revocation failed: {e:#}"));
+            None
+        }
+    };
     let (large, tpl) = match large::large(&mut env) {
         Ok((l, t)) => (Some(l), t),
         Err(e) => {
@@ -412,12 +427,14 @@ fn run_in(cfg: &Config) -> Result<()> {
         env.notes
             .push("scale workload left out: it needs a vaultfs mount".into());
     }
-    let goals = goals(cfg, &steady, scale_sec.as_ref(), &rot, tpl.as_ref());
+    let mut goals = goals(cfg, &steady, scale_sec.as_ref(), &rot, tpl.as_ref());
+    goals.extend(kernel_goals(&steady, &rot, revoked.as_ref()));
 
     let mut sections = vec![steady];
     sections.extend(scale_sec);
     sections.push(cli);
     sections.push(rot);
+    sections.extend(revoked);
     sections.extend(large);
     sections.extend(tpl);
     let out = Output {
@@ -514,6 +531,43 @@ fn goals(
     ));
     let _ = tpl;
     goals
+}
+
+/// The kernel-checked mode's goals (issue 17), as medians (not assertions).
+fn kernel_goals(steady: &Section, rot: &Section, revoked: Option<&Section>) -> Vec<Goal> {
+    vec![
+        Goal::at_least(
+            "kernel-checked small-file read ≥ 0.35× tmpfs",
+            steady.metric("read_1").and_then(|m| m.ratio(KC, "tmpfs")),
+            "×",
+            0.35,
+        ),
+        Goal::below(
+            "kernel-checked: stale first reads after a write = 0",
+            rot.metric("rotation_stale").and_then(|m| m.summary(KC)),
+            "reads",
+            0.5,
+        ),
+        Goal::below(
+            &format!(
+                "kernel-checked: revocation seen by a new open, worst of {} < 100 ms",
+                revoke::ROUNDS
+            ),
+            revoked
+                .and_then(|s| s.metric("revoke_worst"))
+                .and_then(|m| m.summary(KC)),
+            "ms",
+            100.0,
+        ),
+        Goal::below(
+            "kernel-checked: opens allowed after the revoking command returned = 0",
+            revoked
+                .and_then(|s| s.metric("revoke_late"))
+                .and_then(|m| m.summary(KC)),
+            "opens",
+            0.5,
+        ),
+    ]
 }
 
 /// Prints the Markdown tables and writes the JSON and Markdown results.

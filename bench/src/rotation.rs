@@ -11,13 +11,14 @@ use crate::report::{Metric, Section};
 use crate::setup::Env;
 use crate::stats::quantile;
 use crate::sys::check_stop;
-use crate::{median, ms, progress};
+use crate::{median, ms, progress, KC};
 
 /// The rotation section.
 pub fn rotation(env: &mut Env) -> Result<Section> {
     let cfg = env.cfg;
     let (plain, gc_mnt, big_db, v_big) = (&env.plain, &env.gc_mnt, &env.big_db, &env.v_big);
     let (vfs, vfs_mounted) = (&env.vfs, env.vfs_mounted);
+    let (big_k_db, v_big_k) = (&env.big_k_db, env.v_big_k.clone());
     let notes = &mut env.notes;
     // ----- rotation: write, then read through the mount -----
     progress(&format!("rotation: {} writes", cfg.rotations));
@@ -27,7 +28,11 @@ pub fn rotation(env: &mut Env) -> Result<Section> {
             "Rotation: time from the write returning to the new value being read (N = {})",
             cfg.rotations
         ),
-        &["tmpfs", "gocryptfs", "vaultfs"],
+        &if v_big_k.is_some() {
+            vec!["tmpfs", "gocryptfs", "vaultfs", KC]
+        } else {
+            vec!["tmpfs", "gocryptfs", "vaultfs"]
+        },
         &[],
     );
     let rot_name = "e09999";
@@ -117,6 +122,19 @@ pub fn rotation(env: &mut Env) -> Result<Section> {
             }
         }
         _ => notes.push("rotation: vaultfs left out (no vaultfs mount)".into()),
+    }
+    if let (Some(v), Some(dir)) = (&vfs, &v_big_k) {
+        let addr = format!("big:/{rot_name}");
+        let r = rot_one(KC, &dir.join(rot_name), &mut |value: &[u8]| {
+            v.write(big_k_db, &addr, value)
+        });
+        if let Err(e) = r {
+            check_stop()?;
+            notes.push(format!("vaultfs-kc rotation failed: {e:#}"));
+        }
+        rot.notes.push(
+            "vaultfs-kc: `vaultfs write` returns once the kernel-checked mount has applied the change and sent its invalidations (it acknowledges each change), so the write itself takes longer and the read after it needs no daemon round.".into(),
+        );
     }
     rot.notes.push(
         "tmpfs and gocryptfs are written in-process (write a temporary file, rename it over the old one); vaultfs with `vaultfs write ADDR` (a new process), timed from its exit.".into(),

@@ -27,6 +27,13 @@ pub struct Env<'a> {
     pub vfs: Option<Vaultfs>,
     pub vfs_stores: bool,
     pub vfs_mounted: bool,
+    /// The kernel-checked mounts' stores (the same files, a store of their own so their
+    /// writers wait only for their own mounts) and big directory, when mounted.
+    pub small_k_db: PathBuf,
+    pub big_k_db: PathBuf,
+    pub v_big_k: Option<PathBuf>,
+    pub v_small_k: Option<PathBuf>,
+    pub v_small: PathBuf,
     pub tgts: Vec<Target>,
     pub fills: Vec<serde_json::Value>,
     pub notes: Vec<String>,
@@ -77,6 +84,8 @@ pub fn setup(cfg: &Config) -> Result<Env<'_>> {
     std::fs::create_dir_all(&stores)?;
     let small_db = stores.join("small.db");
     let big_db = stores.join("big.db");
+    let small_k_db = stores.join("small-k.db");
+    let big_k_db = stores.join("big-k.db");
     let mut fills: Vec<serde_json::Value> = Vec::new();
     let mut vfs: Option<Vaultfs> = None;
     if !cfg.bin.exists() {
@@ -150,6 +159,38 @@ pub fn setup(cfg: &Config) -> Result<Env<'_>> {
         }
     }
     check_stop()?;
+    // The kernel-checked mode: the same files in stores of their own, mounted with
+    // --kernel-checks, read by the same reader as the others.
+    let (mut v_small_k, mut v_big_k) = (None, None);
+    if let (Some(v), true) = (&vfs, vfs_mounted) {
+        let small_k = mnt.join("vaultfs-kc-small");
+        let big_k = mnt.join("vaultfs-kc-big");
+        let made = (|| -> Result<Target> {
+            anyhow::ensure!(
+                v.caps.kernel_checks,
+                "the binary has no `mount --kernel-checks`"
+            );
+            v.create_store(&small_k_db, "small", &plain.join("small"), cfg.populate)?;
+            v.create_store(&big_k_db, "big", &plain.join("big"), cfg.populate)?;
+            let (g1, _) = v.mount_kernel(&small_k_db, "small", &small_k)?;
+            stack.0.push(g1);
+            let (g2, _) = v.mount_kernel(&big_k_db, "big", &big_k)?;
+            stack.0.push(g2);
+            Target::new(crate::KC, &small_k, &big_k)
+        })();
+        match made {
+            Ok(t) => {
+                tgts.push(t);
+                v_small_k = Some(small_k);
+                v_big_k = Some(big_k);
+            }
+            Err(e) => {
+                check_stop()?;
+                notes.push(format!("kernel-checked vaultfs left out: {e:#}"));
+            }
+        }
+    }
+    check_stop()?;
     Ok(Env {
         cfg,
         fs,
@@ -164,6 +205,11 @@ pub fn setup(cfg: &Config) -> Result<Env<'_>> {
         vfs,
         vfs_stores,
         vfs_mounted,
+        small_k_db,
+        big_k_db,
+        v_big_k,
+        v_small_k,
+        v_small,
         tgts,
         fills,
         notes,

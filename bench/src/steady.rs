@@ -10,7 +10,7 @@ use crate::report::{Metric, Section};
 use crate::setup::Env;
 use crate::stats::fmt_num;
 use crate::sys::check_stop;
-use crate::{progress, rotated, thousands, BIG, SMALL, VALUE_LEN};
+use crate::{progress, rotated, thousands, BIG, KC, SMALL, VALUE_LEN};
 
 /// The reader's ceiling (1 thread on tmpfs) and the steady-state section.
 pub fn steady(env: &mut Env) -> Result<(Section, Sample)> {
@@ -31,11 +31,16 @@ pub fn steady(env: &mut Env) -> Result<(Section, Sample)> {
     ));
 
     // ----- steady state: small-file reads, stat, readdir -----
-    let cols: Vec<&str> = vec!["tmpfs", "gocryptfs", "vaultfs"];
-    let ratio_cols = [
+    let mut cols: Vec<&str> = vec!["tmpfs", "gocryptfs", "vaultfs"];
+    let mut ratio_cols = vec![
         ("vaultfs ÷ gocryptfs", "vaultfs", "gocryptfs"),
         ("vaultfs ÷ tmpfs", "vaultfs", "tmpfs"),
     ];
+    if tgts.iter().any(|t| t.name == KC) {
+        cols.push(KC);
+        ratio_cols.push(("vaultfs-kc ÷ tmpfs", KC, "tmpfs"));
+        ratio_cols.push(("vaultfs-kc ÷ vaultfs", KC, "vaultfs"));
+    }
     let mut steady = Section::new(
         "steady",
         &format!(
@@ -147,6 +152,11 @@ pub fn steady(env: &mut Env) -> Result<(Section, Sample)> {
             "Reader ceiling: the same reader does {} ops/s on tmpfs (1 thread).",
             fmt_num(ceiling.per_sec())
         ));
+    }
+    if cols.contains(&KC) {
+        steady.notes.push(
+            "vaultfs-kc: the same files in a store of their own, mounted with `vaultfs mount --kernel-checks` (the kernel checks access; opens never reach the daemon, unchanged secrets are read from the page cache).".into(),
+        );
     }
     steady.notes.push(format!(
         "{} cores; {} readers share them with the filesystem daemon.",

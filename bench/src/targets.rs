@@ -147,6 +147,8 @@ pub struct Capabilities {
     pub mount: bool,
     pub import: bool,
     pub template: bool,
+    /// `vaultfs mount --kernel-checks` (the kernel-checked, no-open mode).
+    pub kernel_checks: bool,
 }
 
 /// The vaultfs binary under test and the key file that unlocks every bench store.
@@ -183,11 +185,17 @@ impl Vaultfs {
                 .map(|s| s.success())
                 .unwrap_or(false)
         };
+        let mount_help = Command::new(bin)
+            .args(["mount", "--help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         Ok(Capabilities {
             version,
             mount: has("mount") && has("umount"),
             import: has("import"),
             template: has("template"),
+            kernel_checks: mount_help.contains("--kernel-checks"),
         })
     }
 
@@ -300,6 +308,34 @@ impl Vaultfs {
     /// `vaultfs mount VAULT MOUNTPOINT`, which returns once the mount is ready; the guard
     /// runs `vaultfs umount`.
     pub fn mount(&self, store: &Path, vault: &str, mp: &Path) -> Result<(MountGuard, Duration)> {
+        self.mount_with(store, vault, mp, &[])
+    }
+
+    /// `vaultfs mount --kernel-checks VAULT MOUNTPOINT`.
+    pub fn mount_kernel(
+        &self,
+        store: &Path,
+        vault: &str,
+        mp: &Path,
+    ) -> Result<(MountGuard, Duration)> {
+        if !self.caps.kernel_checks {
+            bail!(
+                "{} has no `mount --kernel-checks` (vaultfs {})",
+                self.bin.display(),
+                self.caps.version
+            );
+        }
+        self.mount_with(store, vault, mp, &["--kernel-checks"])
+    }
+
+    /// `vaultfs mount EXTRA... VAULT MOUNTPOINT`.
+    fn mount_with(
+        &self,
+        store: &Path,
+        vault: &str,
+        mp: &Path,
+        extra: &[&str],
+    ) -> Result<(MountGuard, Duration)> {
         if !self.caps.mount {
             bail!(
                 "{} has no `mount` command (vaultfs {}): vaultfs is left out",
@@ -309,7 +345,7 @@ impl Vaultfs {
         }
         std::fs::create_dir_all(mp)?;
         let ran = sys::run_logged(
-            self.cmd(store).arg("mount").arg(vault).arg(mp),
+            self.cmd(store).arg("mount").args(extra).arg(vault).arg(mp),
             "vaultfs-mount",
             Duration::from_secs(120),
         )?;
@@ -357,6 +393,26 @@ impl Vaultfs {
         if !out.status.success() {
             bail!(
                 "vaultfs write {addr} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(took)
+    }
+
+    /// `vaultfs ARGS` (no stdin); how long the command took.
+    pub fn run(&self, store: &Path, args: &[&str]) -> Result<Duration> {
+        let start = Instant::now();
+        let out = self
+            .cmd(store)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run vaultfs {}", args.join(" ")))?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!(
+                "vaultfs {} failed: {}",
+                args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }

@@ -35,8 +35,9 @@ pub(crate) struct Auditor {
 
 impl Auditor {
     /// Starts the writer for `reader`'s vault and records the start (disabled by
-    /// `VAULTFS_AUDIT=off`).
-    pub(crate) fn start(reader: &Arc<VaultReader>) -> Auditor {
+    /// `VAULTFS_AUDIT=off`); `note` goes in the start record's rule (a kernel-checked mount
+    /// says there that its opens are not audited, so the log shows the gap).
+    pub(crate) fn start(reader: &Arc<VaultReader>, note: Option<&str>) -> Auditor {
         let off = std::env::var("VAULTFS_AUDIT").is_ok_and(|v| v == "off");
         let lost = Arc::new(AtomicU64::new(0));
         if off {
@@ -64,6 +65,7 @@ impl Auditor {
             t_ns: now_ns(),
             event: "start".into(),
             tgid: Some(std::process::id()),
+            rule: note.map(str::to_owned),
             ..Default::default()
         });
         auditor

@@ -68,6 +68,9 @@ pub struct Options {
     pub open_timeout: Duration,
     /// Told which files' bytes changed after each applied batch (see [`crate::changes`]).
     pub on_change: Option<Arc<dyn crate::changes::ChangeHook>>,
+    /// Let the kernel check access and skip opens (see `kernel.rs`): reads of unchanged
+    /// secrets come from the page cache, and whatever needs a per-open decision is refused.
+    pub kernel_checks: bool,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
         Options {
             open_timeout: Duration::from_secs(2),
             on_change: None,
+            kernel_checks: false,
         }
     }
 }
@@ -121,6 +125,10 @@ pub struct Shared {
     pub(crate) signal: ChangeSignal,
     /// Sealed values of small secrets, so unchanged opens need no store worker.
     cache: SealedCache,
+    /// The kernel-checked mode's state, when the mount is in it.
+    pub(crate) kernel: Option<crate::kernel::KernelMode>,
+    /// A kernel-checked mount's acknowledgements to writers (set once mounted).
+    pub(crate) acker: Option<Arc<crate::signal::Acker>>,
     /// The audit writer (declared last: dropped after everything that records).
     audit: crate::audit::Auditor,
 }
@@ -154,7 +162,21 @@ impl Shared {
         let changes = options.on_change.clone().map(crate::changes::Tracker::new);
         let signal = ChangeSignal::new(reader.store_path());
         let snap = reader.snapshot()?;
-        let tree = Tree::new(snap.generation, snap.vault, snap.entries, source.clone());
+        let mut tree = Tree::new(snap.generation, snap.vault, snap.entries, source.clone());
+        let mut acker = None;
+        if options.kernel_checks {
+            tree = tree.kernel_checks();
+            let made = crate::signal::Acker::create(reader.store_path()).map_err(|source| {
+                StoreError::Io {
+                    path: vaultfs_store::signal::path_of(reader.store_path()),
+                    source,
+                }
+            })?;
+            acker = Some(Arc::new(made));
+        }
+        let kernel = options
+            .kernel_checks
+            .then(crate::kernel::KernelMode::default);
         let pool = |name, threads, queue| {
             Workers::start(name, threads, queue).map_err(|source| StoreError::Io {
                 path: reader.store_path().clone(),
@@ -164,7 +186,12 @@ impl Shared {
         let workers = pool("vaultfs-store", STORE_WORKERS, STORE_QUEUE)?;
         let openers = pool("vaultfs-open", OPENERS, OPEN_QUEUE)?;
         let reader = Arc::new(reader);
-        let audit = crate::audit::Auditor::start(&reader);
+        let audit = crate::audit::Auditor::start(
+            &reader,
+            options
+                .kernel_checks
+                .then_some("kernel-checks: opens through this mount are not audited"),
+        );
         let shared = Shared {
             audit,
             reader,
@@ -188,6 +215,8 @@ impl Shared {
             changes,
             signal,
             cache: SealedCache::default(),
+            kernel,
+            acker,
         };
         shared.report_damaged(snap.damaged);
         shared.render_templates();
@@ -452,6 +481,21 @@ impl Shared {
     fn apply(&self, change: impl FnOnce(&mut Tree) -> Vec<Stale>) {
         let mut tree = self.tree.write();
         let stale = change(&mut tree);
+        if let Some(k) = &self.kernel {
+            let newly = tree.take_newly_blocked();
+            let mut logged = k.logged.lock();
+            let now: HashSet<i64> = tree.blocked_ids();
+            logged.retain(|id| now.contains(id));
+            for (id, path, why) in newly {
+                if logged.insert(id) {
+                    tracing::warn!(
+                        "{}:{path}: {why} appeared under a kernel-checked mount, which cannot \
+                         enforce it; the entry is hidden there (fail closed)",
+                        self.reader.vault_name()
+                    );
+                }
+            }
+        }
         // Marks go in before the write lock drops, so an open that sees the new tree also
         // sees that the kernel's copy is stale.
         for s in stale {
@@ -655,6 +699,71 @@ impl Shared {
         Some(Ok((fh, FopenFlags::FOPEN_KEEP_CACHE)))
     }
 
+    /// The attributes reported to the kernel for `node` at `ino`. On a kernel-checked mount
+    /// the kernel alone decides from them, so an owner or group that does not resolve on
+    /// this host (shown as `nobody`) loses its class's bits: the daemon would grant that class
+    /// to nobody, and the kernel must not grant it to the user `nobody`.
+    pub(crate) fn attr_of(&self, node: &Node, ino: INodeNo) -> FileAttr {
+        let mut attr = node.attr(ino);
+        if self.kernel.is_some() {
+            if node.acl.owner.is_none() {
+                attr.perm &= !0o700;
+            }
+            if node.acl.group.is_none() {
+                attr.perm &= !0o070;
+            }
+        }
+        attr
+    }
+
+    /// A read on a kernel-checked mount (no handle): the version inode `ino` stands for, from
+    /// the pinned or cached ciphertext; `Err(None)` when it must be fetched from the store
+    /// first (by [`Shared::fetch_for_read`], off the request thread).
+    fn kernel_value(
+        &self,
+        kernel: &crate::kernel::KernelMode,
+        ino: INodeNo,
+    ) -> Result<Arc<vaultfs_store::SealedValue>, Option<Errno>> {
+        let tree = self.tree();
+        match tree.node(ino) {
+            Some(node) if node.is_dir() => Err(Some(Errno::EISDIR)),
+            Some(node) => kernel
+                .pinned(ino)
+                .or_else(|| self.cache.get(node.id, node.version))
+                .ok_or(None),
+            // An older version (or one since deleted or hidden), read by a descriptor opened
+            // before the change: that descriptor keeps its version, as a handle does on a
+            // default mount and as on any filesystem. New opens never reach this inode: its
+            // name was invalidated.
+            None => kernel.pinned(ino).ok_or(Some(Errno::ESTALE)),
+        }
+    }
+
+    /// Fetches the current version behind `ino` for a read on a kernel-checked mount; runs
+    /// on an opener thread, bounded by the open deadline.
+    fn fetch_for_read(&self, ino: INodeNo) -> Result<Arc<vaultfs_store::SealedValue>, Errno> {
+        let deadline = Instant::now() + self.options.open_timeout;
+        let (id, version, path) = {
+            let tree = self.tree();
+            let node = tree.node(ino).ok_or(Errno::ESTALE)?;
+            (node.id, node.version, tree.path(node))
+        };
+        match self.fetch(id, version, deadline) {
+            Ok(Some(v)) => {
+                let v = Arc::new(v);
+                self.cache.put(id, version, &v);
+                Ok(v)
+            }
+            // Rotated since: the kernel gets the new inode at its next lookup.
+            Ok(None) => Err(Errno::ESTALE),
+            Err(FetchError::Store(e)) => {
+                self.report_unreadable(id, &path.to_string(), &e);
+                Err(Errno::EIO)
+            }
+            Err(FetchError::TimedOut | FetchError::Busy) => Err(Errno::EIO),
+        }
+    }
+
     /// The whole open of a secret, as an errno on failure.
     pub(crate) fn open_file(
         &self,
@@ -816,6 +925,60 @@ impl VaultFs {
         }
     }
 
+    /// A read on a kernel-checked mount (see `kernel.rs`).
+    fn read_kernel(
+        &self,
+        kernel: &crate::kernel::KernelMode,
+        ino: INodeNo,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) {
+        kernel.reads.fetch_add(1, Ordering::Relaxed);
+        let serve =
+            move |shared: &Shared, value: Arc<vaultfs_store::SealedValue>, reply: ReplyData| {
+                if let Some(k) = &shared.kernel {
+                    k.pin(ino, &value, || {
+                        let tree = shared.tree();
+                        tree.node(ino).map(|n| shared.attr_of(n, ino))
+                    });
+                }
+                match value.read(offset, size as usize) {
+                    Ok(bytes) => reply.data(bytes.expose()),
+                    Err(e) => {
+                        // Once per entry (the root of a single-secret mount counts as one).
+                        let id = crate::view::split_version_ino(ino).map_or(-1, |(id, _)| id);
+                        shared.report_unreadable(id, &format!("inode {:#x}", ino.0), &e);
+                        reply.error(Errno::EIO);
+                    }
+                }
+            };
+        match self.shared.kernel_value(kernel, ino) {
+            Ok(value) => serve(&self.shared, value, reply),
+            Err(Some(e)) => reply.error(e),
+            Err(None) => {
+                // Not cached: a store worker fetches it, waited for on an opener thread.
+                let shared = self.shared.clone();
+                let slot = Arc::new(Mutex::new(Some(reply)));
+                let mine = slot.clone();
+                let handed = self.shared.openers.spawn(move || {
+                    let outcome = shared.fetch_for_read(ino);
+                    if let Some(reply) = mine.lock().take() {
+                        match outcome {
+                            Ok(value) => serve(&shared, value, reply),
+                            Err(e) => reply.error(e),
+                        }
+                    }
+                });
+                if handed.is_err() {
+                    if let Some(reply) = slot.lock().take() {
+                        reply.error(Errno::EIO);
+                    }
+                }
+            }
+        }
+    }
+
     fn read_file(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
         let Some(file) = self.shared.handles.get(fh).filter(|f| f.ino == ino) else {
             return reply.error(Errno::EBADF);
@@ -866,6 +1029,17 @@ impl Filesystem for VaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Readahead of a whole small secret in one request.
         let _ = config.set_max_readahead(128 * 1024);
+        // The kernel announces zero-message opens; without them a kernel-checked mount would
+        // fail every open with ENOSYS, so it is not made at all.
+        if self.shared.kernel.is_some()
+            && !config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT)
+        {
+            return Err(std::io::Error::other(
+                "this kernel has no FUSE no-open support, which a kernel-checked mount needs",
+            ));
+        }
         // Lookups in one directory run in parallel (they only read memory); mmap works on the
         // opens that use direct I/O. Both are optional: older kernels just say no.
         for cap in [
@@ -885,7 +1059,7 @@ impl Filesystem for VaultFs {
             let tree = self.shared.tree();
             let dir = tree.node(parent)?;
             let child = tree.child(dir, name)?;
-            Some(child.attr(tree.ino_of(child)))
+            Some(self.shared.attr_of(child, tree.ino_of(child)))
         };
         // A miss may be a secret created since the last refresh: look again after one, which
         // the refresher thread makes so this never waits on the store for long.
@@ -908,9 +1082,14 @@ impl Filesystem for VaultFs {
         // Served from memory; the refresher keeps it within a poll interval of the store.
         let current: Option<FileAttr> = {
             let tree = self.shared.tree();
-            tree.node(ino).map(|node| node.attr(ino))
+            tree.node(ino).map(|node| self.shared.attr_of(node, ino))
         };
         if let Some(attr) = current {
+            return reply.attr(&TTL, &attr);
+        }
+        // fstat on a descriptor of an outdated version on a kernel-checked mount: the
+        // attributes pinned with its ciphertext.
+        if let Some(attr) = self.shared.kernel.as_ref().and_then(|k| k.pinned_attr(ino)) {
             return reply.attr(&TTL, &attr);
         }
         // fstat on a handle of an outdated version: that version's attributes.
@@ -929,6 +1108,16 @@ impl Filesystem for VaultFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Some(k) = &self.shared.kernel {
+            // The kernel checked access already; ENOSYS tells it (it announced no-open
+            // support at INIT) to stop sending OPEN, FLUSH and RELEASE on this mount.
+            let n = k.opens.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(
+                "{}: OPEN reached a kernel-checked mount ({n} so far); answering ENOSYS",
+                self.shared.describe()
+            );
+            return reply.error(Errno::ENOSYS);
+        }
         // The open waits (bounded) for the store on an opener thread, so this request
         // thread is free at once for the next request, an `ls` or a `stat` say.
         let caller = Self::caller(req);
@@ -974,7 +1163,17 @@ impl Filesystem for VaultFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(k) = &self.shared.kernel {
+            return self.read_kernel(k, ino, offset, size, reply);
+        }
         self.read_file(ino, fh, offset, size, reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel sends FORGET when it evicts the inode: no page or descriptor is left.
+        if let Some(k) = &self.shared.kernel {
+            k.forget(ino);
+        }
     }
 
     fn flush(

@@ -26,6 +26,12 @@ pub enum Invalidation {
     Inode { id: i64, ino: INodeNo, ticket: u64 },
     /// Drop a cached name.
     Entry { parent: INodeNo, name: OsString },
+    /// Every invalidation queued before this one is sent: acknowledge `token` to writers
+    /// (kernel-checked mounts only).
+    Ack {
+        acker: Arc<crate::signal::Acker>,
+        token: u64,
+    },
 }
 
 /// Entries whose kernel caches may be stale, and the queue that will fix them.
@@ -67,6 +73,14 @@ impl Invalidator {
         let _ = self.queue.send(Invalidation::Entry {
             parent,
             name: name.into(),
+        });
+    }
+
+    /// Queues an acknowledgement of `token`, sent after every invalidation queued so far.
+    pub fn ack(&self, acker: &Arc<crate::signal::Acker>, token: u64) {
+        let _ = self.queue.send(Invalidation::Ack {
+            acker: acker.clone(),
+            token,
         });
     }
 
@@ -113,6 +127,7 @@ pub fn run_notifier(inv: Arc<Invalidator>, rx: Receiver<Invalidation>, notifier:
                     tracing::debug!("invalidating a name in inode {}: {e}", parent.0);
                 }
             }
+            Invalidation::Ack { acker, token } => acker.ack(token),
         }
     }
 }

@@ -17,6 +17,7 @@ mod driver;
 mod handles;
 pub mod identity;
 mod invalidate;
+mod kernel;
 mod limits;
 mod mount;
 pub mod mountinfo;

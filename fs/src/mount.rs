@@ -62,6 +62,28 @@ pub enum MountError {
     /// A live vaultfs mount is already there.
     #[error("{0} is already a vaultfs mount; unmount it first (vaultfs umount)")]
     AlreadyMounted(PathBuf),
+    /// A kernel-checked mount was asked for a vault that needs per-open decisions.
+    #[error(
+        "kernel checks refused: {vault}:{path} has {why}, which needs the daemon at every \
+         open; a kernel-checked mount cannot serve templates, grants (with or without unit \
+         or exe conditions) or read limits (mount without --kernel-checks, or remove it)"
+    )]
+    KernelChecksRefused {
+        /// The vault.
+        vault: String,
+        /// The first entry that needs the daemon.
+        path: String,
+        /// What it has.
+        why: &'static str,
+    },
+}
+
+impl MountError {
+    /// Whether the error is in what was asked for (exit code 2) rather than in what
+    /// happened while mounting.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, MountError::KernelChecksRefused { .. })
+    }
 }
 
 /// What to try when a mount is refused for lack of privilege.
@@ -346,6 +368,13 @@ pub fn mount(
                 "{vault}: {name} does not exist on this host; its access is granted to nobody"
             );
         }
+        if let Some((path, why)) = tree.blocked().into_iter().next() {
+            return Err(MountError::KernelChecksRefused {
+                vault,
+                path: path.to_string(),
+                why,
+            });
+        }
         match tree.node(fuser::INodeNo::ROOT) {
             Some(node) => node.kind,
             None => return Err(MountError::SourceMissing),
@@ -489,6 +518,9 @@ impl Mounted {
         // The mountpoint goes first, as soon as the session ends; then the audit's last
         // records (its clean stop) are written, which may take a batch's time.
         place.remove_created();
+        if let Some(k) = &shared.kernel {
+            tracing::info!("{}: {}", shared.describe(), k.summary());
+        }
         shared.finish_audit();
         // The refresher holds only a weak reference; dropping the last strong one stops it,
         // which drops the invalidation queue and so ends the notifier thread.

@@ -28,12 +28,17 @@ pub fn run(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let round = shared.next_round(POLL_INTERVAL);
+        let round = shared.next_round(until_next(&shared));
         // The token before the store is read: a write signalled after this is not covered.
         let token = shared.signal.round_start();
         let result = round_of(&shared);
         shared.signal.round_end(result.is_ok().then_some(token));
         shared.expire_due();
+        // A kernel-checked mount tells writers once this round's invalidations are sent
+        // (they are queued ahead of the acknowledgement).
+        if let (Some(acker), Ok(())) = (&shared.acker, &result) {
+            shared.invalidator.ack(acker, token);
+        }
         shared.finish_round(round, result.is_ok());
         shared.report_changes();
         match result {
@@ -52,6 +57,18 @@ pub fn run(shared: Weak<Shared>) {
             Err(_) => {}
         }
     }
+}
+
+/// How long the refresher may sleep: the poll interval, or less when a secret expires
+/// sooner, so an expiry is applied (and, on a kernel-checked mount, pushed to the kernel by
+/// invalidation) at its time rather than up to a poll interval late.
+fn until_next(shared: &Shared) -> Duration {
+    let Some(due) = shared.tree().next_deadline() else {
+        return POLL_INTERVAL;
+    };
+    let left = due.saturating_sub(crate::view::now_ns()).max(0) as u64;
+    // A floor, so that an expiry the tree could not apply never turns this into a spin.
+    POLL_INTERVAL.min(Duration::from_nanos(left).max(Duration::from_millis(1)))
 }
 
 fn round_of(shared: &Shared) -> Result<(), StoreError> {

@@ -17,7 +17,7 @@
 //! opened here.
 
 use std::fs::File;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -154,6 +154,66 @@ impl ChangeSignal {
                 .map(|opened_id| (f, opened_id)),
             Err(_) => None,
         };
+    }
+}
+
+/// A kernel-checked mount's acknowledgement file (see `vaultfs_store::signal::wait_for_acks`):
+/// after the invalidations of a round are sent, the token that round applied is written here,
+/// and writers wait for it before they return. The file is held under an exclusive `flock`
+/// for the daemon's life (so a writer can tell a dead daemon's file) and removed on drop.
+#[derive(Debug)]
+pub struct Acker {
+    file: nix::fcntl::Flock<File>,
+    path: PathBuf,
+}
+
+impl Acker {
+    /// Creates the acknowledgement file of one mount of `store`. It is created and locked
+    /// under another name first, then renamed into place, so a writer never finds it
+    /// unlocked and takes it for a dead daemon's.
+    pub fn create(store: &Path) -> std::io::Result<Acker> {
+        use std::sync::atomic::AtomicUsize;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let suffix = format!("{}.{n}", std::process::id());
+        let mut path = vaultfs_store::signal::ack_prefix(store);
+        path.push(&suffix);
+        let path = PathBuf::from(path);
+        let mut temp = vaultfs_store::signal::path_of(store).into_os_string();
+        temp.push(format!(".new.{suffix}"));
+        let temp = PathBuf::from(temp);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            // It carries only a random token of the signal, which carries no secret; writers
+            // other than the daemon's user must be able to read it.
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temp)?;
+        // The daemon's umask (077) would keep writers of other users out.
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| std::io::Error::from(e))?;
+        if let Err(e) = std::fs::rename(&temp, &path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        Ok(Acker { file, path })
+    }
+
+    /// Says that every change signalled up to `token` is applied and its invalidations sent.
+    pub fn ack(&self, token: u64) {
+        use std::os::unix::fs::FileExt;
+        if let Err(e) = self.file.write_all_at(&token.to_le_bytes(), 0) {
+            tracing::debug!("{}: {e}", self.path.display());
+        }
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

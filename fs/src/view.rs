@@ -36,7 +36,7 @@ pub fn version_ino(id: i64, version: i64) -> INodeNo {
 }
 
 /// The entry id and version bits of a version inode, `None` for any other inode.
-fn split_version_ino(ino: INodeNo) -> Option<(i64, u64)> {
+pub fn split_version_ino(ino: INodeNo) -> Option<(i64, u64)> {
     (ino.0 & VERSION_INO_FLAG != 0).then_some((
         ((ino.0 & !VERSION_INO_FLAG) >> VERSION_BITS) as i64,
         ino.0 & VERSION_MASK,
@@ -226,6 +226,13 @@ pub struct Tree {
     gone: HashMap<i64, Option<i64>>,
     /// The time expiries were last checked against, ns since the epoch.
     now_ns: i64,
+    /// A kernel-checked mount (see [`Tree::kernel_checks`]): entries that need a per-open
+    /// decision are left out of the view.
+    kernel: bool,
+    /// Entries left out of a kernel-checked view, and why (see [`blocked_by`]).
+    blocked: HashMap<i64, &'static str>,
+    /// Entries left out since [`Tree::take_newly_blocked`] last asked, for the log.
+    newly_blocked: Vec<(i64, &'static str)>,
 }
 
 /// What a template rendered to last (its bytes are never kept: only what they were made of).
@@ -259,6 +266,9 @@ impl Tree {
             deadlines: Default::default(),
             gone: HashMap::new(),
             now_ns: now_ns(),
+            kernel: false,
+            blocked: HashMap::new(),
+            newly_blocked: Vec::new(),
         };
         for e in entries {
             tree.link(&e);
@@ -278,6 +288,78 @@ impl Tree {
         (self.root_chain.len() == self.source.components().len())
             .then(|| self.root_chain.last().copied())
             .flatten()
+    }
+
+    /// Makes this the view of a kernel-checked mount. The kernel then decides every open
+    /// from the attributes alone and the daemon never sees one, so whatever needs a per-open
+    /// decision (a template, a grant, a read limit) is left out of the view: unreadable there
+    /// (ENOENT at lookup) rather than served without its check. Directories are no longer
+    /// widened for grants below them, since the daemon would not narrow them again.
+    pub fn kernel_checks(mut self) -> Tree {
+        self.kernel = true;
+        self.rebuild_view();
+        self.update_reach(&mut Vec::new());
+        self.newly_blocked.clear();
+        self
+    }
+
+    /// The entries a kernel-checked view leaves out, with the reason, as `(path, reason)`.
+    pub fn blocked(&self) -> Vec<(VaultPath, &'static str)> {
+        let mut out: Vec<_> = self
+            .blocked
+            .iter()
+            .map(|(id, why)| (self.path_of_id(*id), *why))
+            .collect();
+        out.sort_by_key(|(path, _)| path.to_string());
+        out
+    }
+
+    /// Entries a kernel-checked view started leaving out since the last call: `(id, path,
+    /// reason)`, for one log line each.
+    pub fn take_newly_blocked(&mut self) -> Vec<(i64, VaultPath, &'static str)> {
+        let ids = std::mem::take(&mut self.newly_blocked);
+        ids.into_iter()
+            .filter(|(id, _)| self.blocked.contains_key(id))
+            .map(|(id, why)| (id, self.path_of_id(id), why))
+            .collect()
+    }
+
+    /// The ids of the entries a kernel-checked view leaves out.
+    pub fn blocked_ids(&self) -> HashSet<i64> {
+        self.blocked.keys().copied().collect()
+    }
+
+    fn path_of_id(&self, id: i64) -> VaultPath {
+        let mut names = Vec::new();
+        let mut at = id;
+        while let Some(e) = self.entries.get(&at) {
+            names.push(e.name.as_str());
+            at = e.parent;
+        }
+        names
+            .iter()
+            .rev()
+            .fold(VaultPath::root(), |path, name| path.join(name))
+    }
+
+    /// Whether a kernel-checked view serves `node`; records why not. Called wherever a node
+    /// enters the view.
+    fn admit(&mut self, node: &Node) -> bool {
+        if !self.kernel {
+            return true;
+        }
+        match blocked_by(node) {
+            None => {
+                self.blocked.remove(&node.id);
+                true
+            }
+            Some(why) => {
+                if self.blocked.insert(node.id, why) != Some(why) {
+                    self.newly_blocked.push((node.id, why));
+                }
+                false
+            }
+        }
     }
 
     /// The inode number of entry `id` as it is now (see [`Tree::ino_of`]).
@@ -498,6 +580,15 @@ impl Tree {
         self.hide(&due)
     }
 
+    /// The earliest expiry (ns since the epoch) of a secret still shown, so the refresher can
+    /// wake for it: a kernel-checked mount hides an expired secret only by invalidation.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.deadlines
+            .iter()
+            .find(|(_, id)| !self.gone.contains_key(id))
+            .map(|(t, _)| *t)
+    }
+
     /// Whether some secret's expiry has come by `now_ns` and it is still shown.
     pub fn has_due(&self, now_ns: i64) -> bool {
         self.deadlines
@@ -574,7 +665,13 @@ impl Tree {
     /// Marks the directories on the way to a granted entry (see [`Node::shown_perm`]).
     fn update_reach(&mut self, stale: &mut Vec<Stale>) {
         let mut reach = HashSet::new();
-        for id in &self.granted {
+        // A kernel-checked view serves no granted entry, so nothing needs a way through.
+        let granted = if self.kernel {
+            HashSet::new()
+        } else {
+            self.granted.clone()
+        };
+        for id in &granted {
             let Some(mut at) = self.entries.get(id).map(|e| e.parent) else {
                 continue;
             };
@@ -706,9 +803,16 @@ impl Tree {
                 parent.is_dir().then_some(parent.acl.clone())
             });
             let parent_acl = parent_acl.filter(|_| !self.is_gone(id));
-            if let (Some(entry), Some(acl)) = (self.entries.get(&id), parent_acl) {
-                let node = node_from(entry, acl.inherit(entry, &mut ids), &self.renders);
-                self.nodes.insert(id, node);
+            match (self.entries.get(&id), parent_acl) {
+                (Some(entry), Some(acl)) => {
+                    let node = node_from(entry, acl.inherit(entry, &mut ids), &self.renders);
+                    if self.admit(&node) {
+                        self.nodes.insert(id, node);
+                    }
+                }
+                _ => {
+                    self.blocked.remove(&id);
+                }
             }
             let (was_dir, now_dir) = (
                 before.as_ref().is_some_and(Node::is_dir),
@@ -766,6 +870,7 @@ impl Tree {
             at = next;
         }
         self.nodes.clear();
+        self.blocked.clear();
         let Some(root) = self.root() else {
             return;
         };
@@ -786,6 +891,9 @@ impl Tree {
                 limits: Limits::default(),
             },
         };
+        if !self.admit(&root_node) {
+            return;
+        }
         let mut stack = Vec::new();
         if root_node.is_dir() {
             stack.push(root);
@@ -796,11 +904,15 @@ impl Tree {
             let Some(kids) = self.children.get(&dir) else {
                 continue;
             };
-            for id in kids.values() {
+            let kids: Vec<i64> = kids.values().copied().collect();
+            for id in &kids {
                 let Some(entry) = self.entries.get(id).filter(|_| !self.is_gone(*id)) else {
                     continue;
                 };
                 let node = node_from(entry, dir_acl.inherit(entry, &mut ids), &self.renders);
+                if !self.admit(&node) {
+                    continue;
+                }
                 if node.is_dir() {
                     stack.push(*id);
                 }
@@ -808,6 +920,31 @@ impl Tree {
             }
         }
     }
+}
+
+/// Why a kernel-checked mount cannot serve `node`, `None` when it can. Each reason needs the
+/// daemon at every open, which the kernel-checked mode gives up: a template is rendered per
+/// open, a grant (with or without unit and exe conditions) is checked by the daemon with the
+/// caller's identity (the kernel sees only the mode bits), and a read limit counts opens.
+pub fn blocked_by(node: &Node) -> Option<&'static str> {
+    if node.kind == EntryKind::Template {
+        return Some("a template");
+    }
+    let conditions = node
+        .acl
+        .grants
+        .iter()
+        .any(|g| g.grant.unit.is_some() || g.grant.exe.is_some());
+    if conditions {
+        return Some("a grant with a unit or exe condition");
+    }
+    if !node.acl.grants.is_empty() {
+        return Some("a grant");
+    }
+    if node.limits.max_opens.is_some() {
+        return Some("a read limit (max-opens)");
+    }
+    None
 }
 
 /// Nanoseconds since the epoch, now.
@@ -1092,6 +1229,71 @@ mod tests {
             .unwrap();
         assert_eq!(dir.shown_perm(), 0o555);
         assert_eq!(tree.child(dir, "b").unwrap().acl.grants.len(), 1);
+    }
+
+    #[test]
+    fn a_kernel_checked_view_leaves_out_what_needs_an_open_and_never_widens() {
+        let tree = Tree::new(1, vault(), entries(), VaultPath::root()).kernel_checks();
+        assert!(tree.blocked().is_empty());
+        let mut tree = tree;
+        // A grant on a file: the file goes (a name and an inode to invalidate), logged once.
+        let mut a = granted(2, 1, "a", EntryKind::File);
+        a.version = 2;
+        let stale = tree.apply(2, None, vec![a.clone()], &[]);
+        let dir = tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .unwrap();
+        assert!(tree.child(dir, "a").is_none(), "hidden");
+        assert!(stale.contains(&Stale::Name(INodeNo(2), "a".into())));
+        assert!(!tree.has_reach(), "no way is widened to a grant");
+        assert_eq!(tree.node(INodeNo::ROOT).unwrap().shown_perm(), 0o500);
+        let newly = tree.take_newly_blocked();
+        assert_eq!(newly.len(), 1);
+        assert_eq!(
+            (newly[0].1.to_string(), newly[0].2),
+            ("/dir/a".into(), "a grant")
+        );
+        // Touched again with the same rule: not reported again.
+        a.version = 3;
+        tree.apply(3, None, vec![a], &[]);
+        assert!(tree.take_newly_blocked().is_empty());
+        assert_eq!(tree.blocked().len(), 1);
+        // A read limit on another file; a granted directory hides its subtree.
+        let mut b = entries()[2].clone();
+        b.limits.max_opens = Some(2);
+        b.version = 4;
+        tree.apply(4, None, vec![b], &[]);
+        assert_eq!(tree.take_newly_blocked()[0].2, "a read limit (max-opens)");
+        let mut d = granted(1, 0, "dir", EntryKind::Dir);
+        d.version = 5;
+        tree.apply(5, None, vec![d], &[]);
+        assert!(tree
+            .child(tree.node(INodeNo::ROOT).unwrap(), "dir")
+            .is_none());
+        // Rules removed: everything is back, and the tree equals one built from scratch.
+        let mut plain_dir = entries()[0].clone();
+        plain_dir.version = 6;
+        let mut plain_a = entries()[1].clone();
+        plain_a.version = 6;
+        let mut plain_b = entries()[2].clone();
+        plain_b.version = 6;
+        tree.apply(6, None, vec![plain_dir, plain_a, plain_b], &[]);
+        assert!(tree.blocked().is_empty());
+        let fresh = Tree::new(
+            6,
+            vault(),
+            tree.entries.values().cloned().collect(),
+            VaultPath::root(),
+        );
+        assert_eq!(fresh.nodes, tree.nodes);
+        // A template as the root of a single-file mount: nothing is served.
+        let mut t = entries()[3].clone();
+        t.kind = EntryKind::Template;
+        let mut rows = entries();
+        rows[3] = t;
+        let single = Tree::new(1, vault(), rows, path("/top")).kernel_checks();
+        assert!(single.node(INodeNo::ROOT).is_none());
+        assert_eq!(single.blocked()[0].1, "a template");
     }
 
     #[test]

@@ -28,12 +28,14 @@ pub fn mount(
     foreground: bool,
     log_file: Option<&Path>,
     open_timeout: std::time::Duration,
+    kernel_checks: bool,
 ) -> Result<ExitCode> {
     let source = Address::parse(source)?;
     let spec = MountSpec {
         source,
         mountpoint: absolute(mountpoint)?,
         open_timeout,
+        kernel_checks,
         actions: Vec::new(),
         quiet_period: crate::config::DEFAULT_QUIET_PERIOD,
     };

@@ -164,6 +164,7 @@ fn mount_all(
         let options = vaultfs_fs::Options {
             open_timeout: spec.open_timeout,
             on_change,
+            kernel_checks: spec.kernel_checks,
         };
         match vaultfs_fs::mount(reader, spec.source.path.clone(), &spec.mountpoint, &options) {
             Ok(m) => mounted.push(m),
@@ -172,6 +173,12 @@ fn mount_all(
                 for m in &mut mounted {
                     let _ = m.unmounter().unmount();
                 }
+                // A refused kernel-checked mount is a usage error (exit 2), in one line.
+                let e = if e.is_usage() {
+                    anyhow::Error::new(crate::exit::UsageError(e.to_string()))
+                } else {
+                    anyhow::Error::new(e)
+                };
                 return Err(e).with_context(|| {
                     format!(
                         "cannot mount {} at {}",
