@@ -59,3 +59,8 @@ mod nixos_bundle;
 mod nixos_policy;
 mod policy;
 mod policy_templates;
+// A store in etcd: a real 3-member cluster (the harness), three hosts serving replicas.
+#[cfg(feature = "etcd")]
+mod etcd;
+#[cfg(feature = "etcd")]
+mod fleet;
