@@ -64,3 +64,5 @@ mod policy_templates;
 mod etcd;
 #[cfg(feature = "etcd")]
 mod fleet;
+// The NixOS module's etcd options under the real nixpkgs lib.
+mod nixos_etcd;
