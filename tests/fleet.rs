@@ -486,9 +486,9 @@ fn fleet_status_shows_every_host_converged_after_a_write() {
         let text = fleet.admin.ok_text(&["fleet", "status"]);
         let lines: Vec<&str> = text.lines().collect();
         let all = fleet.hosts.iter().all(|h| {
-            lines
-                .iter()
-                .any(|l| l.split_whitespace().next() == Some(&h.name) && l.contains("yes"))
+            lines.iter().any(|l| {
+                l.split_whitespace().next() == Some(&h.name) && l.contains("converged=yes")
+            })
         });
         if all {
             break;
@@ -522,7 +522,7 @@ fn fleet_status_shows_every_host_converged_after_a_write() {
         .lines()
         .find(|l| l.split_whitespace().next() == Some("web3"))
         .unwrap_or_else(|| panic!("no web3 line:\n{text}"));
-    assert!(web3.contains("no"), "{text}");
+    assert!(web3.contains("converged=no"), "{text}");
     fleet.hosts[2].signal(libc::SIGCONT);
     fleet.hosts[2].wait_value("/s", b"v2");
 }
