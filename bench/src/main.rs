@@ -9,6 +9,7 @@
 mod charts;
 mod cli;
 mod compare;
+mod fleet;
 mod large;
 mod reader;
 mod report;
@@ -59,6 +60,9 @@ struct Cli {
 enum Cmd {
     /// Run one reader workload on a directory and print the result as JSON
     Reader(ReaderArgs),
+    /// A store in a real etcd cluster served by three hosts: rotation latency to every mount
+    /// (beside a single-member etcd), initial sync of a new host, replica reads vs a local store
+    Fleet(fleet::FleetArgs),
     /// Compare two result files (ratios to the baselines, and vaultfs's own figures)
     Compare {
         /// The earlier run, e.g. bench/results/reference-*.json
@@ -199,6 +203,11 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Some(Cmd::Reader(a)) => reader_cmd(a),
         Some(Cmd::Compare { old, new }) => compare::compare(&old, &new),
+        Some(Cmd::Fleet(a)) => {
+            sys::install_signal_handlers();
+            sys::become_subreaper();
+            fleet::run(a)
+        }
         None => {
             sys::install_signal_handlers();
             sys::become_subreaper();
