@@ -263,7 +263,13 @@ impl Fleet {
             .args(["serve", "--config", config.to_str().unwrap()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .expect("spawn vaultfs serve");
         let mut host = Host {
@@ -291,6 +297,35 @@ impl Fleet {
             std::thread::sleep(Duration::from_millis(20));
         }
         host
+    }
+
+    /// Stops host `i`'s daemon (SIGTERM: it unmounts) and starts it again on the same
+    /// replica, identity and state, waiting (bounded) for its mount.
+    pub fn restart_host(&mut self, i: usize) {
+        let (name, dir, identity) = {
+            let h = &self.hosts[i];
+            (h.name.clone(), h.dir.clone(), h.identity.clone())
+        };
+        let placeholder = self.serve_later(&name, &dir, &identity);
+        drop(std::mem::replace(&mut self.hosts[i], placeholder));
+        let fresh = self.serve(&name, &dir, &identity);
+        self.hosts[i] = fresh;
+    }
+
+    /// A placeholder host with no daemon, while the real one restarts.
+    fn serve_later(&self, name: &str, dir: &Path, identity: &Path) -> Host {
+        Host {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            identity: identity.to_owned(),
+            mnt: dir.join("mnt"),
+            replica: dir.join("replica.db"),
+            log: dir.join("serve.log"),
+            child: None,
+            _guard: MountGuard {
+                path: dir.join("mnt"),
+            },
+        }
     }
 
     /// Writes `value` at `path` with the CLI (asserting exit 0).
@@ -324,6 +359,34 @@ fn changed(before: &[Kv], after: &[Kv], prefix: &str) -> Vec<(Kv, Kv)> {
                 .map(|b| (b.clone(), a.clone()))
         })
         .collect()
+}
+
+/// Lines of `host`'s log that say "tamper" and name `key`. The store head is the exception:
+/// a head put back alone is seen as the rows it no longer covers, and the line may name one of
+/// those instead, so for it any tamper line naming a key of the same prefix counts.
+fn tamper_lines(host: &Host, key: &str) -> usize {
+    let named = match key.strip_suffix("/head") {
+        Some(prefix) => format!("{prefix}/"),
+        None => key.to_owned(),
+    };
+    host.log()
+        .lines()
+        .filter(|l| l.contains("tamper") && l.contains(&named))
+        .count()
+}
+
+/// Waits (bounded) for one more tamper line naming `key` than the `seen` before.
+fn wait_tamper(host: &Host, key: &str, seen: usize) {
+    let start = Instant::now();
+    while tamper_lines(host, key) <= seen {
+        assert!(
+            start.elapsed() < PROPAGATION,
+            "{}: no tamper line naming {key} within {PROPAGATION:?}; log:\n{}",
+            host.name,
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn fleet_ready() -> bool {
@@ -735,7 +798,7 @@ fn a_removed_host_reads_nothing_new_after_a_rekey() {
     if !fleet_ready() {
         return;
     }
-    let fleet = Fleet::new(3);
+    let mut fleet = Fleet::new(3);
     fleet.write("/s", b"before-removal");
     fleet.wait_everywhere("/s", b"before-removal");
     let slots: serde_json::Value =
@@ -749,6 +812,10 @@ fn a_removed_host_reads_nothing_new_after_a_rekey() {
         .to_string();
     fleet.admin.ok(&["key", "remove", &id]);
     fleet.admin.ok(&["key", "rotate", "--yes"]);
+    // As with bundles, the hosts kept are restarted after a rotation: running mounts hold the
+    // old vault keys and fail closed. The removed host keeps running on what it has.
+    fleet.restart_host(0);
+    fleet.restart_host(1);
     let secret = format!("after-removal-{}", random_name());
     fleet.write("/s", secret.as_bytes());
     fleet.hosts[0].wait_value("/s", secret.as_bytes());
@@ -795,21 +862,13 @@ fn rows_rolled_back_garbled_or_deleted_in_etcd_are_refused_as_tamper() {
     let after = fleet.dump();
     let rows = changed(&before, &after, &fleet.prefix);
     assert!(!rows.is_empty(), "the write changed no key in etcd");
-    let tamper_lines = |key: &str| -> usize {
-        host.log()
-            .lines()
-            .filter(|l| l.contains("tamper") && l.contains(key))
-            .count()
-    };
     // Each changed key, put back alone to its older value: refused, logged, and the mount
     // keeps serving the last good value.
     for (old, new) in &rows {
         let key = old.key_text();
-        let seen = tamper_lines(&key);
+        let seen = tamper_lines(host, &key);
         fleet.cluster.put_raw(&old.key, &old.value);
-        wait_until(PROPAGATION, &format!("a tamper line naming {key}"), || {
-            tamper_lines(&key) > seen
-        });
+        wait_tamper(host, &key, seen);
         assert_eq!(
             host.read("/s").as_deref(),
             Some(&b"good-2"[..]),
@@ -821,14 +880,12 @@ fn rows_rolled_back_garbled_or_deleted_in_etcd_are_refused_as_tamper() {
     // Garbage in place of each changed key: refused the same way.
     for (_, new) in &rows {
         let key = new.key_text();
-        let seen = tamper_lines(&key);
+        let seen = tamper_lines(host, &key);
         fleet.cluster.put_raw(
             &new.key,
             &crate::common::random_bytes(new.value.len().max(16)),
         );
-        wait_until(PROPAGATION, &format!("a tamper line naming {key}"), || {
-            tamper_lines(&key) > seen
-        });
+        wait_tamper(host, &key, seen);
         assert_eq!(host.read("/s").as_deref(), Some(&b"good-2"[..]));
         fleet.cluster.put_raw(&new.key, &new.value);
     }
@@ -847,11 +904,9 @@ fn rows_rolled_back_garbled_or_deleted_in_etcd_are_refused_as_tamper() {
             .expect("the row of /keep")
     };
     let key = String::from_utf8_lossy(&keep_key).into_owned();
-    let seen = tamper_lines(&key);
+    let seen = tamper_lines(host, &key);
     fleet.cluster.etcdctl_ok(&["del", &key], b"");
-    wait_until(PROPAGATION, &format!("a tamper line naming {key}"), || {
-        tamper_lines(&key) > seen
-    });
+    wait_tamper(host, &key, seen);
     assert_eq!(host.read("/keep").as_deref(), Some(&b"kept-2"[..]));
     // The store itself refuses to read the tampered state as well as the replica does, and an
     // honest write afterwards still reaches the mount.
