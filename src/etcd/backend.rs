@@ -44,6 +44,9 @@ struct Synced {
     /// Row keys in etcd left by an unfinished batched write (newer than the head): deleted by
     /// the next write.
     orphans: Vec<String>,
+    /// The text read from etcd, when the copy was rebuilt from it: verified before a write
+    /// builds on it, so a row edited in etcd is never sealed into a new head.
+    text: Option<String>,
 }
 
 /// Runs `inner` (the command) against the store at `url`.
@@ -227,6 +230,7 @@ fn sync_cache(
         return Ok(Synced {
             head_rev: 0,
             orphans: vec![],
+            text: None,
         });
     };
     if is_init {
@@ -240,6 +244,7 @@ fn sync_cache(
         return Ok(Synced {
             head_rev: head.mod_revision,
             orphans: vec![],
+            text: None,
         });
     }
     let (_, kvs) = conn.range_all(&url.root())?;
@@ -273,11 +278,22 @@ fn sync_cache(
     for k in &orphans {
         rows.remove(k);
     }
-    let (text, _) = mirror::assemble(
+    let (text, keys) = mirror::assemble(
         &head_text,
         rows.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    let bundle = Bundle::parse(&text, &url.to_string())?;
+    let bundle = Bundle::parse(&text, &url.to_string()).map_err(|e| match e {
+        vaultfs_store::StoreError::BadBundle { line, reason, .. } => {
+            let key = keys
+                .get(line.saturating_sub(1))
+                .and_then(Option::as_ref)
+                .map_or_else(|| url.head_key(), |r| url.row_key(r));
+            anyhow::Error::new(vaultfs_store::StoreError::Tampered {
+                what: format!("etcd key {key} ({reason})"),
+            })
+        }
+        other => other.into(),
+    })?;
     if let Err(e) = bundle.mirror(cache) {
         // A copy of another store at this address (re-created), or a damaged copy: rebuild.
         tracing::debug!("etcd: rebuilding the local copy: {e}");
@@ -288,7 +304,11 @@ fn sync_cache(
         floor.set(generation);
     }
     let _ = write_small(&rev_file, &head_rev.to_string());
-    Ok(Synced { head_rev, orphans })
+    Ok(Synced {
+        head_rev,
+        orphans,
+        text: Some(text),
+    })
 }
 
 enum Pushed {
@@ -304,7 +324,16 @@ fn push(
     synced: &Synced,
     before: Option<&mirror::Rows>,
 ) -> Result<Pushed> {
-    let store = open_copy(cache)?;
+    let (store, cred) = open_copy(cache)?;
+    if let Some(read) = &synced.text {
+        // What the write builds on must be what the store head in etcd covers (the check
+        // lines need a vault, so a store without one has nothing to verify yet).
+        if read.lines().any(|l| l.starts_with("vault ")) {
+            Bundle::parse(read, &url.to_string())
+                .and_then(|b| b.show(Some(&cred)))
+                .map_err(|e| anyhow!("etcd: tamper: the store at {url} does not verify ({e}); nothing was written"))?;
+        }
+    }
     let text = store.export_mirror()?;
     let generation = store.head();
     drop(store);
@@ -375,7 +404,7 @@ fn push(
 }
 
 /// Opens the copy with a credential the command already read.
-fn open_copy(cache: &Path) -> Result<Store> {
+fn open_copy(cache: &Path) -> Result<(Store, vaultfs_store::Credential)> {
     let options = vaultfs_store::OpenOptions {
         allow_rollback: true,
         state_dir: None,
@@ -383,7 +412,7 @@ fn open_copy(cache: &Path) -> Result<Store> {
     let mut last = None;
     for cred in credentials::remembered() {
         match Store::open_with(cache, &cred, &options) {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok((s, cred)),
             Err(e) => last = Some(e),
         }
     }
