@@ -34,6 +34,10 @@ const TXN_OPS: usize = 120;
 const TXN_BYTES: usize = 1_200_000;
 /// Attempts before a write that keeps conflicting gives up.
 const TRIES: usize = 8;
+/// How long a batched write may hold other writers off (its marker's lease).
+const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often a writer looks again while another one's batched write is in progress.
+const PENDING_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// The most stdin kept for a retry.
 const MAX_STDIN: u64 = 256 << 20;
 
@@ -67,7 +71,7 @@ pub fn run(
     let stdin = capture_stdin(&cli.command)?;
     let mut conn = Conn::open(url, opts)?;
     for attempt in 1..=TRIES {
-        let synced = sync_cache(&mut conn, &cache, cli.allow_rollback, is_init)?;
+        let synced = wait_synced(&mut conn, url, &cache, cli.allow_rollback, is_init)?;
         let _feeder = match &stdin {
             Some(bytes) => Some(feed_stdin(bytes)?),
             None => None,
@@ -94,9 +98,6 @@ pub fn run(
                         "vaultfs: wrote to {url} in {batches} etcd transactions (etcd allows 128 operations per transaction); hosts apply the change when the last one lands"
                     );
                 }
-                if is_init {
-                    eprintln!("the store lives in {url}");
-                }
                 return result;
             }
             Ok(Pushed::Conflict) => {
@@ -121,6 +122,27 @@ pub fn run(
         }
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// [`sync_cache`], waiting (bounded by the marker's lease) while another writer's batched
+/// write is between its parts: its rows are not covered by a head yet.
+fn wait_synced(
+    conn: &mut Conn,
+    url: &EtcdUrl,
+    cache: &Path,
+    allow_rollback: bool,
+    is_init: bool,
+) -> Result<Synced> {
+    let until = std::time::Instant::now() + PENDING_TTL + conn.timeout;
+    loop {
+        if let Some(s) = sync_cache(conn, cache, allow_rollback, is_init)? {
+            return Ok(s);
+        }
+        if std::time::Instant::now() > until {
+            bail!("etcd: a batched write to {url} has been in progress for over {} s; try again later", PENDING_TTL.as_secs());
+        }
+        std::thread::sleep(PENDING_POLL);
+    }
 }
 
 fn read_rows(cache: &Path) -> Result<Option<mirror::Rows>> {
@@ -219,7 +241,7 @@ fn sync_cache(
     cache: &Path,
     allow_rollback: bool,
     is_init: bool,
-) -> Result<Synced> {
+) -> Result<Option<Synced>> {
     let url = conn.url.clone();
     let head = conn.get(&url.head_key())?;
     let Some(head) = head else {
@@ -227,11 +249,11 @@ fn sync_cache(
         if !is_init {
             bail!("no vaultfs store at {url}; create one with `vaultfs --store {url} init`");
         }
-        return Ok(Synced {
+        return Ok(Some(Synced {
             head_rev: 0,
             orphans: vec![],
             text: None,
-        });
+        }));
     };
     if is_init {
         bail!("a vaultfs store already exists at {url}");
@@ -241,15 +263,18 @@ fn sync_cache(
         .ok()
         .and_then(|t| t.trim().parse().ok());
     if known == Some(head.mod_revision) && cache.exists() {
-        return Ok(Synced {
+        return Ok(Some(Synced {
             head_rev: head.mod_revision,
             orphans: vec![],
             text: None,
-        });
+        }));
     }
     let (_, kvs) = conn.range_all(&url.root())?;
     let mut head_text = None;
     let mut rows: BTreeMap<String, String> = BTreeMap::new();
+    if kvs.iter().any(|kv| kv.key == url.pending_key()) {
+        return Ok(None);
+    }
     for kv in kvs {
         if kv.key == url.head_key() {
             head_text = Some((kv.value, kv.mod_revision));
@@ -304,11 +329,11 @@ fn sync_cache(
         floor.set(generation);
     }
     let _ = write_small(&rev_file, &head_rev.to_string());
-    Ok(Synced {
+    Ok(Some(Synced {
         head_rev,
         orphans,
         text: Some(text),
-    })
+    }))
 }
 
 enum Pushed {
@@ -362,34 +387,33 @@ fn push(
     } else {
         Compare::mod_revision(url.head_key(), CompareOp::Equal, synced.head_rev)
     };
-    let mut batches: Vec<Vec<TxnOp>> = vec![vec![]];
-    let mut bytes = 0;
-    for (key, value) in ops {
-        let size = key.len() + value.as_ref().map_or(0, String::len);
-        let cur = batches.last_mut().expect("never empty");
-        if !cur.is_empty() && (cur.len() >= TXN_OPS || bytes + size > TXN_BYTES) {
-            batches.push(vec![]);
-            bytes = 0;
-        }
-        bytes += size;
-        let op = match value {
-            Some(v) => TxnOp::put(key, v, None),
-            None => TxnOp::delete(key, None),
-        };
-        batches.last_mut().expect("never empty").push(op);
-    }
-    // The head goes with the last batch; a head line is small, so it fits beside any batch
-    // but one holding a single maximal value: then it gets a transaction of its own.
-    if bytes + head.len() > TXN_BYTES + 200_000 {
-        batches.push(vec![]);
-    }
+    let batches: Vec<Vec<TxnOp>> = plan(ops, head.len())
+        .into_iter()
+        .map(|batch| {
+            batch
+                .into_iter()
+                .map(|(key, value)| match value {
+                    Some(v) => TxnOp::put(key, v, None),
+                    None => TxnOp::delete(key, None),
+                })
+                .collect()
+        })
+        .collect();
     let n = batches.len();
+    // The batch marker lives on a lease, so a writer that dies between its batches does not
+    // hold every other writer off for longer than the lease.
+    let lease = if n > 1 {
+        Some(conn.lease_grant(PENDING_TTL.as_secs() as i64)?)
+    } else {
+        None
+    };
     for (i, mut ops) in batches.into_iter().enumerate() {
         if i + 1 == n {
             ops.push(TxnOp::put(url.head_key(), head.clone(), None));
             ops.push(TxnOp::delete(url.pending_key(), None));
         } else {
-            ops.push(TxnOp::put(url.pending_key(), "batch", None));
+            let with_lease = lease.map(|l| etcd_client::PutOptions::new().with_lease(l));
+            ops.push(TxnOp::put(url.pending_key(), "batch", with_lease));
         }
         let txn = Txn::new().when(vec![guard.clone()]).and_then(ops);
         let resp = conn.txn(txn)?;
@@ -401,6 +425,28 @@ fn push(
         generation,
         batches: n,
     })
+}
+
+/// Splits a write's puts (`Some`) and deletes (`None`) into transactions of at most
+/// [`TXN_OPS`] operations and about [`TXN_BYTES`]; the last one also carries the head (of
+/// `head_len` bytes), so it gets one of its own when the last batch is full of one big value.
+fn plan(ops: Vec<(String, Option<String>)>, head_len: usize) -> Vec<Vec<(String, Option<String>)>> {
+    let mut batches: Vec<Vec<(String, Option<String>)>> = vec![vec![]];
+    let mut bytes = 0;
+    for (key, value) in ops {
+        let size = key.len() + value.as_ref().map_or(0, String::len);
+        let cur = batches.last_mut().expect("never empty");
+        if !cur.is_empty() && (cur.len() >= TXN_OPS || bytes + size > TXN_BYTES) {
+            batches.push(vec![]);
+            bytes = 0;
+        }
+        bytes += size;
+        batches.last_mut().expect("never empty").push((key, value));
+    }
+    if bytes + head_len > TXN_BYTES + 200_000 {
+        batches.push(vec![]);
+    }
+    batches
 }
 
 /// Opens the copy with a credential the command already read.
@@ -469,4 +515,57 @@ fn feed_stdin(bytes: &SecretBytes) -> Result<std::thread::JoinHandle<()>> {
         let mut w = std::fs::File::from(w);
         let _ = w.write_all(bytes.expose());
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(n: usize, size: usize) -> Vec<(String, Option<String>)> {
+        (0..n)
+            .map(|i| (format!("k{i}"), Some("x".repeat(size))))
+            .collect()
+    }
+
+    #[test]
+    fn small_writes_are_one_transaction() {
+        let p = plan(ops(3, 100), 500);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].len(), 3);
+        assert_eq!(
+            plan(vec![], 500).len(),
+            1,
+            "a head-only write still sends the head"
+        );
+    }
+
+    #[test]
+    fn batches_respect_the_operation_and_byte_limits() {
+        let p = plan(ops(1000, 100), 500);
+        assert!(p.iter().all(|b| b.len() <= TXN_OPS));
+        assert_eq!(p.iter().map(Vec::len).sum::<usize>(), 1000);
+        let p = plan(ops(10, 500_000), 500);
+        assert!(p.iter().all(|b| b
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+            <= TXN_BYTES));
+        // One maximal value: alone, and the head gets a transaction of its own.
+        let p = plan(ops(1, 1_450_000), 500);
+        assert_eq!(p.len(), 2);
+        assert!(p[1].is_empty());
+    }
+
+    #[test]
+    fn values_over_the_cap_are_refused_with_one_line() {
+        let url = EtcdUrl::parse("etcd://h:1/p").unwrap();
+        let b64 = |n: usize| "A".repeat(n.div_ceil(3) * 4);
+        let line = |n: usize| format!("entry 1 2 1 0 3 tag meta {}", b64(n));
+        assert!(check_size(&url, &line(MAX_VALUE + 16 * 40 + 64)).is_ok());
+        let e = check_size(&url, &line(MAX_VALUE + 100_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 MiB") && !e.contains('\n'), "{e}");
+        assert!(check_size(&url, "entry 1 2 1 0 3 tag meta -").is_ok());
+    }
 }

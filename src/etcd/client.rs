@@ -259,6 +259,15 @@ impl Conn {
             .block_on(bounded(&url, timeout, self.client.txn(txn)))
     }
 
+    /// A lease of `ttl` seconds.
+    pub fn lease_grant(&mut self, ttl: i64) -> Result<i64> {
+        let (url, timeout) = (self.url.clone(), self.timeout);
+        let resp = self
+            .rt
+            .block_on(bounded(&url, timeout, self.client.lease_grant(ttl, None)))?;
+        Ok(resp.id())
+    }
+
     /// Every key under `from`.
     pub fn range_all(&mut self, from: &str) -> Result<(i64, Vec<Kv>)> {
         let (url, timeout) = (self.url.clone(), self.timeout);
