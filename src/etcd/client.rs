@@ -123,6 +123,9 @@ pub fn short(e: &etcd_client::Error) -> String {
         etcd_client::Error::TransportError(t) => format!("cannot connect ({t})"),
         other => other.to_string(),
     };
+    if text.contains("user name is empty") {
+        return "etcd requires a user: pass --etcd-user NAME --etcd-password-file FILE".into();
+    }
     text.replace('\n', " ")
 }
 

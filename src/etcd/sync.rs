@@ -282,9 +282,14 @@ impl State {
             return;
         };
         self.warned_no_store = false;
+        // Entries newer than the head are the parts of a batched write whose last part never
+        // landed (its writer died; the marker's lease ran out): no head covers them, so they
+        // are left out, and the next write deletes them.
+        let generation = mirror::head_generation(&head).unwrap_or(i64::MAX);
         let rows: Vec<(String, String)> = self
             .view
             .iter()
+            .filter(|(_, v)| mirror::entry_seq(v).is_none_or(|seq| seq <= generation))
             .filter_map(|(k, v)| url.row_of(k).map(|r| (r.to_owned(), v.clone())))
             .collect();
         let (text, keys) =
