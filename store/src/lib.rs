@@ -60,6 +60,7 @@ pub mod fuzzing;
 mod head;
 mod keyslot;
 mod migrate;
+pub mod mirror;
 mod reader;
 mod recipient;
 mod records;
