@@ -220,9 +220,31 @@ impl Cluster {
         format!("etcd://{hosts}/{}", prefix.trim_start_matches('/'))
     }
 
-    /// Runs `etcdctl ARGS` against the running members, bounded by its own timeouts.
+    /// The store address naming only the members `which` (the same prefix).
+    pub fn store_url_of(&self, which: &[usize], prefix: &str) -> String {
+        let hosts = which
+            .iter()
+            .map(|&i| format!("127.0.0.1:{}", self.members[i].client_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!("etcd://{hosts}/{}", prefix.trim_start_matches('/'))
+    }
+
+    /// Runs `etcdctl ARGS` against the running members (all of them when none runs), bounded
+    /// by its own timeouts.
     pub fn etcdctl(&self, args: &[&str], stdin: &[u8]) -> Output {
-        self.etcdctl_at(&self.endpoints(), args, stdin)
+        let live: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url())
+            .collect();
+        let endpoints = if live.is_empty() {
+            self.endpoints()
+        } else {
+            live.join(",")
+        };
+        self.etcdctl_at(&endpoints, args, stdin)
     }
 
     fn etcdctl_at(&self, endpoints: &str, args: &[&str], stdin: &[u8]) -> Output {
