@@ -337,8 +337,9 @@ impl Fleet {
             replica: dir.join("replica.db"),
             log: dir.join("serve.log"),
             child: None,
+            // Not the mountpoint: dropping the placeholder must not detach the new mount.
             _guard: MountGuard {
-                path: dir.join("mnt"),
+                path: dir.join("placeholder-never-mounted"),
             },
         }
     }
