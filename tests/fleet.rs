@@ -672,6 +672,20 @@ fn killing_the_leader_mid_rotations_loses_no_committed_write() {
     );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let failures = writer.join().expect("the writer thread");
+    // With one member of three down and a leader elected, the cluster has its quorum: every
+    // command succeeds, whichever endpoint the client picks first.
+    fleet.cluster.wait_leader();
+    for i in 0..20 {
+        let path = format!("/quorum/{i}");
+        let value = format!("q{i}");
+        let out = fleet
+            .admin
+            .run(&["write", &fleet.addr(&path)], value.as_bytes());
+        assert_success(&out, &["write", &path, "(2 of 3 members up)"]);
+        let out = fleet.admin.run(&["cat", &fleet.addr(&path)], b"");
+        assert_success(&out, &["cat", &path, "(2 of 3 members up)"]);
+        assert_eq!(out.stdout, value.as_bytes());
+    }
     fleet.cluster.restart(second);
     fleet.cluster.wait_healthy();
     let committed = committed.lock().unwrap().clone();
