@@ -67,6 +67,7 @@ pub fn run(
     let state = with_suffix(&cache, ".state");
     std::env::set_var("VAULTFS_STATE_DIR", &state);
     credentials::override_store_path(cache.clone());
+    let _lock = lock_copy(&cache)?;
     let is_init = matches!(cli.command, Command::Init { .. });
     let stdin = capture_stdin(&cli.command)?;
     let mut conn = Conn::open(url, opts)?;
@@ -122,6 +123,45 @@ pub fn run(
         }
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// How long a command waits for another one using the same copy.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Takes the copy for this process: two commands of one user against one store would
+/// otherwise send each other's changes, or drop the copy under each other. A lock file of its
+/// own (never one of SQLite's files, whose locks a close would drop).
+fn lock_copy(cache: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = with_suffix(cache, ".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc_o_nofollow())
+        .open(&path)
+        .with_context(|| format!("cannot open the lock of the etcd copy {}", path.display()))?;
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < until => {
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
+                "waited {} s for another vaultfs command using the local copy of this etcd store ({})",
+                LOCK_WAIT.as_secs(),
+                path.display()
+            ),
+            Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+        }
+    }
+}
+
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits()
 }
 
 /// [`sync_cache`], waiting (bounded by the marker's lease) while another writer's batched
