@@ -933,7 +933,7 @@ fn rows_rolled_back_garbled_or_deleted_in_etcd_are_refused_as_tamper() {
         fleet.cluster.put_raw(&new.key, &new.value);
     }
     // A row deleted directly in etcd (no sealed tombstone): /keep is still served.
-    let keep_key = {
+    let (keep_key, keep_value) = {
         let before_keep = fleet.dump();
         fleet.write("/keep", b"kept-2");
         host.wait_value("/keep", b"kept-2");
@@ -942,8 +942,8 @@ fn rows_rolled_back_garbled_or_deleted_in_etcd_are_refused_as_tamper() {
         let by_s: Vec<Vec<u8>> = rows.iter().map(|(o, _)| o.key.clone()).collect();
         changed(&before_keep, &fleet.dump(), &fleet.prefix)
             .into_iter()
-            .map(|(_, n)| n.key)
-            .find(|k| !by_s.contains(k))
+            .map(|(_, n)| (n.key, n.value))
+            .find(|(k, _)| !by_s.contains(k))
             .expect("the row of /keep")
     };
     let key = String::from_utf8_lossy(&keep_key).into_owned();
@@ -951,8 +951,13 @@ fn rows_rolled_back_garbled_or_deleted_in_etcd_are_refused_as_tamper() {
     fleet.cluster.etcdctl_ok(&["del", &key], b"");
     wait_tamper(host, &key, seen);
     assert_eq!(host.read("/keep").as_deref(), Some(&b"kept-2"[..]));
-    // The store itself refuses to read the tampered state as well as the replica does, and an
-    // honest write afterwards still reaches the mount.
+    // The CLI verifies what it reads as the replica does: no write lands on a tampered store.
+    let out = fleet.admin.run(&["write", &fleet.addr("/keep")], b"kept-x");
+    assert_ne!(code(&out), 0, "a write landed on a tampered store");
+    let line = assert_fails(&out, &["write"], code(&out));
+    assert!(line.contains("tamper"), "{line}");
+    // Once the row is put back, honest writes reach the mount again.
+    fleet.cluster.put_raw(&keep_key, &keep_value);
     fleet.write("/keep", b"kept-3");
     fleet.write("/s", b"good-3");
     host.wait_value("/s", b"good-3");
