@@ -259,13 +259,17 @@ fn serve(
     let pid = child.id() as i32;
     // The daemon is reaped by the harness (the subreaper); the guards stop it.
     drop(child);
+    // The daemon exits once its last mount is gone: only that guard waits for it (guards drop
+    // in order, so the last one is undone last).
     let mounts: Vec<MountGuard> = vaults
         .iter()
-        .map(|v| {
+        .enumerate()
+        .map(|(i, v)| {
             let p = mnt.join(v);
             let umount: Vec<OsString> =
                 vec![cli.bin.clone().into(), "umount".into(), p.clone().into()];
-            MountGuard::new(&p, &format!("serve {name} {v}"), Some(pid), umount)
+            let daemon = (i + 1 == vaults.len()).then_some(pid);
+            MountGuard::new(&p, &format!("serve {name} {v}"), daemon, umount)
         })
         .collect();
     let host = Host { mounts, mnt };
@@ -506,10 +510,11 @@ pub fn run(a: FleetArgs) -> Result<()> {
         local.cmd().args(["mount", "small"]).arg(&local_mnt),
         "mount-local",
     )?;
+    let local_daemon = sys::find_pids(&bin, local_mnt.as_os_str()).first().copied();
     let _local_guard = MountGuard::new(
         &local_mnt,
         "local store",
-        None,
+        local_daemon,
         vec![
             bin.clone().into(),
             "umount".into(),
@@ -564,6 +569,17 @@ pub fn run(a: FleetArgs) -> Result<()> {
     for (j, s) in per_host.iter().enumerate() {
         md.push_str(&(row(&format!("  … at web{}", j + 1), s) + "\n"));
     }
+    let after_exit: Vec<f64> = visible_all
+        .iter()
+        .zip(&write3)
+        .map(|(v, w)| (v - w).max(0.0))
+        .collect();
+    md.push_str(
+        &(row(
+            "  … of which after `vaultfs write` exited (the sync's share)",
+            &after_exit,
+        ) + "\n"),
+    );
     md.push_str(&(row("`vaultfs write` exits (3-member etcd)", &write3) + "\n"));
     md.push_str(&(row("`vaultfs write` exits (1-member etcd, baseline)", &write1) + "\n"));
     md.push_str(&format!(
@@ -596,6 +612,7 @@ pub fn run(a: FleetArgs) -> Result<()> {
         "visible_all_ms": dist(&visible_all),
         "visible_per_host_ms": per_host.iter().map(|s| dist(s)).collect::<Vec<_>>(),
         "write_3member_ms": dist(&write3),
+        "visible_after_write_exit_ms": dist(&after_exit),
         "write_1member_ms": dist(&write1),
         "missed": missed,
         "sync_secrets": a.sync_secrets,
