@@ -487,6 +487,12 @@ fn writer(shared: &'static Shared, rx: Receiver<Msg>) {
 /// Flushes the log at exit; see [`init`].
 pub struct Guard(());
 
+/// Drains the queue now (bounded), as at exit: for a process about to `exec` itself.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub fn flush() {
+    drop(Guard(()));
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         let shared = shared();

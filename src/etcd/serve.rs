@@ -73,6 +73,7 @@ pub fn serve(cli: &Cli, store: &Path, config: &CheckedConfig, host: HostArgs<'_>
         .next()
         .ok_or_else(|| anyhow!("no credential to give the sync task"))?;
     let existed = replica.exists();
+    let mountpoints: Vec<PathBuf> = config.mounts.iter().map(|m| m.mountpoint.clone()).collect();
     let first = sync::start(SyncTask {
         url: url.clone(),
         opts,
@@ -80,6 +81,7 @@ pub fn serve(cli: &Cli, store: &Path, config: &CheckedConfig, host: HostArgs<'_>
         cred: sync_cred,
         host: name,
         state_dir: vaultfs_store::default_state_dir(),
+        on_rekey: Box::new(move || restart(&mountpoints)),
     })?;
     match first.recv_timeout(FIRST_SYNC_WAIT) {
         Ok(Ok(head)) => tracing::info!(
@@ -119,4 +121,24 @@ pub fn serve(cli: &Cli, store: &Path, config: &CheckedConfig, host: HostArgs<'_>
         None,
     )
     .with_context(|| format!("serving from the replica {}", replica.display()))
+}
+
+/// After a key rotation the mounts hold keys that no longer open the replica's rows (as for
+/// a local store after `key rotate`). A fleet rotates without a visit to each host: unmount
+/// (detaching what is busy) and start this same `serve` again in place, which opens the
+/// replica with the host key and mounts with the new vault keys.
+fn restart(mountpoints: &[PathBuf]) {
+    for m in mountpoints {
+        if let Err(e) = vaultfs_fs::unmount(m) {
+            tracing::warn!("cannot unmount {} for the restart: {e}", m.display());
+        }
+    }
+    let args: Vec<std::ffi::CString> = std::env::args_os()
+        .filter_map(|a| std::ffi::CString::new(a.into_encoded_bytes()).ok())
+        .collect();
+    let exe = std::ffi::CString::new("/proc/self/exe").expect("no NUL");
+    crate::logging::flush();
+    let e = nix::unistd::execv(&exe, &args);
+    tracing::error!("cannot restart serve ({e:?}); the mounts are gone, restart vaultfs");
+    std::process::exit(1);
 }

@@ -46,6 +46,23 @@ pub struct SyncTask {
     pub host: String,
     /// Where the highest head applied is remembered.
     pub state_dir: Option<PathBuf>,
+    /// Called after a change of vault keys (`key rotate`) was applied: the mounts hold the
+    /// old keys and must be made again.
+    pub on_rekey: Box<dyn Fn() + Send + Sync>,
+}
+
+/// The wrapped key of every vault line in `view`: it changes only when vault or master keys
+/// are rotated.
+fn vault_keys(view: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    view.iter()
+        .filter(|(k, _)| k.contains("/r/vault/"))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.split(' ').nth(4).unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The most one reconnect waits.
@@ -72,6 +89,7 @@ pub fn start(task: SyncTask) -> Result<std::sync::mpsc::Receiver<FirstSync>> {
                 failing: None,
                 applied_rev: 0,
                 warned_no_store: false,
+                keys_applied: None,
             };
             rt.block_on(state.run());
         })
@@ -153,6 +171,8 @@ struct State {
     /// The etcd revision the replica reflects.
     applied_rev: i64,
     warned_no_store: bool,
+    /// [`vault_keys`] of the last view applied.
+    keys_applied: Option<BTreeMap<String, String>>,
 }
 
 impl State {
@@ -328,6 +348,16 @@ impl State {
                     let _ = tx.send(Ok(done.generation));
                 }
                 self.ack(client, rev, done.generation).await;
+                let keys = vault_keys(&self.view);
+                let rekeyed = self.keys_applied.as_ref().is_some_and(|k| *k != keys);
+                self.keys_applied = Some(keys);
+                if rekeyed && !done.unchanged {
+                    tracing::warn!(
+                        "etcd: the store's keys were rotated (head {}); making the mounts again with the new keys",
+                        done.generation
+                    );
+                    (task.on_rekey)();
+                }
             }
             Err(StoreError::Rollback { found, seen, .. }) => {
                 tracing::warn!(
