@@ -242,7 +242,7 @@ impl Fleet {
     /// Like [`add_host`](Self::add_host), the daemon given its own store address (the same
     /// prefix, other endpoints).
     pub fn add_host_at(&mut self, name: &str, url: &str) -> &Host {
-        let saved = std::mem::replace(&mut self.url_override, Some(url.to_owned()));
+        let saved = self.url_override.replace(url.to_owned());
         self.add_host(name);
         self.url_override = saved;
         self.hosts.last().unwrap()
