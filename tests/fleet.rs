@@ -721,6 +721,8 @@ fn with_every_member_down_mounts_serve_and_writes_fail_then_hosts_converge() {
     let (out, took) = timed(&fleet.admin, &["write", &fleet.addr("/dir/a")], b"lost");
     let line = assert_fails(&out, &["write"], 1);
     assert!(took < WRITE_FAIL_BOUND, "the write took {took:?} to fail");
+    let endpoint = format!("127.0.0.1:{}", fleet.cluster.members[0].client_port);
+    assert!(line.contains(&endpoint), "{line}");
     eprintln!("write with etcd down: {took:?}: {line}");
     fleet.cluster.restart_all();
     fleet.write("/dir/a", b"after-restart");
