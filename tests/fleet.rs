@@ -433,13 +433,56 @@ fn every_store_command_works_against_etcd_and_etcd_sees_only_ciphertext() {
             .any(|s| s["label"] == "web9"),
         "{slots}"
     );
+    // import is batched under etcd's 128 operations per transaction, and says so.
+    let doc: serde_json::Map<String, serde_json::Value> = (0..300)
+        .map(|i| {
+            (
+                format!("k{i:03}"),
+                serde_json::json!(format!("imported-{i}")),
+            )
+        })
+        .collect();
+    let out = ts.run(
+        &["import", "--format", "json", &format!("{v}:/bulk")],
+        &serde_json::to_vec(&doc).unwrap(),
+    );
+    assert_success(&out, &["import"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("etcd transactions"), "{said}");
+    assert_eq!(
+        ts.ok_text(&["ls", &format!("{v}:/bulk")]).lines().count(),
+        300
+    );
+    assert_eq!(ts.cat(&format!("{v}:/bulk/k299")), b"imported-299");
+    // A template is stored there too (its text; cat renders it).
+    let out = ts.run(
+        &["template", "set", &format!("{v}:/conf")],
+        format!("pw={{{{ {v}:/db/pw }}}}\n").as_bytes(),
+    );
+    assert_success(&out, &["template", "set"]);
+    assert_eq!(
+        ts.cat(&format!("{v}:/conf")),
+        format!("pw={value}\n").as_bytes()
+    );
+    // A value over the cap is refused before anything is sent, saying the cap.
+    let out = ts.run(&["write", &format!("{v}:/big")], &vec![b'x'; 2 << 20]);
+    let line = assert_fails(&out, &["write", "(2 MiB)"], code(&out));
+    assert!(line.contains("1 MiB"), "{line}");
     // A second process sees the same state: it lives in etcd, not in a local file.
     assert!(!ts.dir.path().join("store").exists());
     // etcd holds ciphertext only: no value, vault name or path in any key or value.
     let dump = fleet.dump();
     assert!(!dump.is_empty(), "nothing under {}", fleet.prefix);
     for kv in &dump {
-        for needle in [value.as_bytes(), v.as_bytes(), b"password", b"db/pw"] {
+        for needle in [
+            value.as_bytes(),
+            v.as_bytes(),
+            b"password",
+            b"db/pw",
+            b"imported-",
+            b"bulk",
+            b"pw={{",
+        ] {
             assert!(
                 !crate::common::contains(&kv.key, needle)
                     && !crate::common::contains(&kv.value, needle),
