@@ -382,6 +382,16 @@ Config keys (TOML):
   store = PATH        the store file [default: as for --store]; --store and VAULTFS_STORE win
   key_file = PATH     unlock with this key file; --key-file, VAULTFS_KEY_FILE and
                       --passphrase-file win; without any, a passphrase is asked on the terminal
+  A host of a store in etcd (store = \"etcd://HOST:PORT[,...]/PREFIX\", etcds:// for TLS;
+  a build with `--features etcd`): a sync task keeps a local replica, the mounts read it.
+  replica = PATH      the replica's file (--replica wins); required with an etcd store
+  host = NAME         this host's name in `vaultfs fleet status` (--host wins) [default: hostname]
+  identity = PATH     the host key that opens its slot (--identity wins)
+  etcd_cacert = PATH  CA certificate of the members (--etcd-cacert wins)
+  etcd_cert = PATH    client certificate, with etcd_key = PATH (--etcd-cert, --etcd-key win)
+  etcd_key = PATH     the client certificate's key
+  etcd_user = NAME    etcd user, with etcd_password_file = PATH (first line; never inline)
+  etcd_password_file = PATH  the etcd user's password file
   [[mount]]           one table per mount, any number of them:
     source = ADDR     VAULT, VAULT:/DIR or VAULT:/PATH (one secret: the mountpoint is a file)
     mountpoint = PATH absolute; created if missing; each used once

@@ -72,13 +72,17 @@ pub fn run(
     let stdin = capture_stdin(&cli.command)?;
     let mut conn = Conn::open(url, opts)?;
     for attempt in 1..=TRIES {
+        let t0 = std::time::Instant::now();
         let synced = wait_synced(&mut conn, url, &cache, cli.allow_rollback, is_init)?;
+        tracing::debug!("etcd: copy synced in {:?}", t0.elapsed());
         let _feeder = match &stdin {
             Some(bytes) => Some(feed_stdin(bytes)?),
             None => None,
         };
         let before = read_rows(&cache)?;
+        tracing::debug!("etcd: rows read in {:?}", t0.elapsed());
         let result = inner(cli);
+        tracing::debug!("etcd: command ran in {:?}", t0.elapsed());
         let after = read_rows(&cache)?;
         let same = match (&before, &after) {
             (Some(a), Some(b)) => a.generation == b.generation && a.lines == b.lines,
@@ -88,6 +92,7 @@ pub fn run(
         if same {
             return result;
         }
+        tracing::debug!("etcd: rows compared in {:?}", t0.elapsed());
         match push(&mut conn, url, &cache, &synced, before.as_ref()) {
             Ok(Pushed::Done {
                 generation,
@@ -399,7 +404,9 @@ fn push(
                 .map_err(|e| anyhow!("etcd: tamper: the store at {url} does not verify ({e}); nothing was written"))?;
         }
     }
+    let t0 = std::time::Instant::now();
     let text = store.export_mirror()?;
+    tracing::debug!("etcd: exported in {:?}", t0.elapsed());
     let generation = store.head();
     drop(store);
     let (head, rows) = mirror::split(&text);
@@ -447,6 +454,7 @@ fn push(
     } else {
         None
     };
+    let mut revision = 0;
     for (i, mut ops) in batches.into_iter().enumerate() {
         if i + 1 == n {
             ops.push(TxnOp::put(url.head_key(), head.clone(), None));
@@ -460,6 +468,12 @@ fn push(
         if !resp.succeeded() {
             return Ok(Pushed::Conflict);
         }
+        revision = resp.header().map_or(0, |h| h.revision());
+    }
+    // The copy now is what etcd holds at that revision (the head key's): the next command
+    // needs no full read unless someone else writes meanwhile.
+    if revision > 0 {
+        let _ = write_small(&with_suffix(cache, ".rev"), &revision.to_string());
     }
     Ok(Pushed::Done {
         generation,

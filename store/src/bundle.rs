@@ -424,22 +424,7 @@ impl Bundle {
     /// MACs, every slot, and the
     /// vault's own `vault` and `entry` lines, in file order.
     fn check_mac(&self, vault_key: &Key, vault_id: i64) -> [u8; 32] {
-        let mut text = String::new();
-        for l in &self.lines {
-            let mut f = l.split(' ');
-            let kind = f.next().unwrap_or_default();
-            let vid = f.next().and_then(|s| s.parse::<i64>().ok());
-            let covered = match kind {
-                MAGIC | "head" | "vaults" | "mac" | "slot" => true,
-                "vault" | "entry" => vid == Some(vault_id),
-                _ => false,
-            };
-            if covered {
-                text.push_str(l);
-                text.push('\n');
-            }
-        }
-        check_mac(vault_key, &self.store_id, vault_id, &text)
+        covered_mac(&self.lines, vault_key, &self.store_id, vault_id)
     }
 
     /// Finds the slot `cred` opens. A slot naming the key's own recipient that does not open
@@ -907,6 +892,26 @@ fn keys_for(path: &Path, store_id: [u8; 16], payload: Payload) -> Keys {
     }
 }
 
+/// The `check` MAC of `vault_id` over `lines` (those it covers: see [`Bundle::check_mac`]).
+fn covered_mac(lines: &[String], vault_key: &Key, store_id: &[u8; 16], vault_id: i64) -> [u8; 32] {
+    let mut text = String::new();
+    for l in lines {
+        let mut f = l.split(' ');
+        let kind = f.next().unwrap_or_default();
+        let vid = f.next().and_then(|s| s.parse::<i64>().ok());
+        let covered = match kind {
+            MAGIC | "head" | "vaults" | "mac" | "slot" => true,
+            "vault" | "entry" => vid == Some(vault_id),
+            _ => false,
+        };
+        if covered {
+            text.push_str(l);
+            text.push('\n');
+        }
+    }
+    check_mac(vault_key, store_id, vault_id, &text)
+}
+
 fn check_mac(vault_key: &Key, store_id: &[u8; 16], vault_id: i64, text: &str) -> [u8; 32] {
     crypto::mac(
         &vault_key.derive("vaultfs 2026 bundle check v1"),
@@ -1067,9 +1072,8 @@ impl Store {
         tx.finish()?;
         let mut text = out.join("\n");
         text.push('\n');
-        let parsed = Bundle::parse(&text, "(export)")?;
         for v in &vaults {
-            let mac = parsed.check_mac(&v.key, v.info.id);
+            let mac = covered_mac(&out, &v.key, &self.keys.store_id, v.info.id);
             text.push_str(&format!("check {} {}\n", v.info.id, crypto::to_hex(&mac)));
         }
         Ok(text)
