@@ -971,8 +971,12 @@ fn rows_rolled_back_garbled_or_deleted_in_etcd_are_refused_as_tamper() {
     wait_tamper(host, &key, seen);
     assert_eq!(host.read("/keep").as_deref(), Some(&b"kept-2"[..]));
     // The CLI verifies what it reads as the replica does: no write lands on a tampered store.
-    let out = fleet.admin.run(&["write", &fleet.addr("/keep")], b"kept-x");
-    assert_ne!(code(&out), 0, "a write landed on a tampered store");
+    let out = fleet.admin.run(&["write", &fleet.addr("/s")], b"good-x");
+    assert_ne!(
+        code(&out),
+        0,
+        "a write landed on a tampered store (hosts will refuse it and every write after it)"
+    );
     let line = assert_fails(&out, &["write"], code(&out));
     assert!(line.contains("tamper"), "{line}");
     // Once the row is put back, honest writes reach the mount again.
