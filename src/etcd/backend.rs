@@ -90,6 +90,10 @@ pub fn run(
             _ => false,
         };
         if same {
+            // The command opened the copy and so verified its head: the floor may rise.
+            if let (Ok(_), Some(rows)) = (&result, &after) {
+                Floor::new(&cache).raise(rows.generation);
+            }
             return result;
         }
         tracing::debug!("etcd: rows compared in {:?}", t0.elapsed());
@@ -335,10 +339,13 @@ fn sync_cache(
         .ok_or_else(|| anyhow!("etcd: {}: not a vaultfs head record", url.head_key()))?;
     let floor = Floor::new(cache);
     if generation < floor.get() && !allow_rollback {
-        bail!(
-            "etcd: the store head at {url} is {generation}, older than {} which this user has seen: a rollback (pass --allow-rollback to accept it)",
-            floor.get()
-        );
+        // Exit 3, as for a local store put back from an old copy.
+        return Err(vaultfs_store::StoreError::Rollback {
+            path: PathBuf::from(url.to_string()),
+            found: generation,
+            seen: floor.get(),
+        }
+        .into());
     }
     let orphans: Vec<String> = rows
         .iter()

@@ -97,29 +97,30 @@ pub async fn connect(url: &EtcdUrl, opts: &EtcdOptions) -> Result<Client> {
             .map_err(|_| anyhow!("etcd password file {}: not UTF-8", file.display()))?;
         o = o.with_user(user.clone(), text.to_owned());
     }
-    // One member at a time, from a random one on, each asked a cheap question first: a
-    // client balanced over all members sends a request to a dead one as readily as to a live
-    // one, so a command would fail whenever the member it drew was down. A member that has no
-    // leader (cut off from the others) refuses (require_leader) and the next one is tried.
-    let endpoints = url.endpoints();
-    let mut r = [0u8; 1];
-    let _ = getrandom::fill(&mut r);
-    let start = usize::from(r[0]) % endpoints.len();
-    let mut last = String::new();
-    for i in 0..endpoints.len() {
-        let ep = &endpoints[(start + i) % endpoints.len()];
-        let attempt = async {
-            let mut c = Client::connect([ep.as_str()], Some(o.clone())).await?;
-            c.get(url.head_key(), Some(GetOptions::new().with_count_only()))
+    // Every member asked a cheap question at once, the first to answer kept: a client
+    // balanced over all members sends a request to a dead one as readily as to a live one,
+    // so a command would fail whenever the member it drew was down, and asking them in turn
+    // would add up their timeouts. A member without a leader (cut off from the others)
+    // refuses (require_leader), so the answer comes from the quorum side.
+    let mut probes = tokio::task::JoinSet::new();
+    for ep in url.endpoints() {
+        let (o, head) = (o.clone(), url.head_key());
+        probes.spawn(async move {
+            let mut c = Client::connect([ep.as_str()], Some(o)).await?;
+            c.get(head, Some(GetOptions::new().with_count_only()))
                 .await?;
             Ok::<Client, etcd_client::Error>(c)
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e)) => last = short(&e),
-            Err(_) => last = format!("no answer within {} ms", timeout.as_millis()),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = format!("no answer within {} ms", timeout.as_millis());
+    loop {
+        match tokio::time::timeout_at(deadline, probes.join_next()).await {
+            Ok(Some(Ok(Ok(c)))) => return Ok(c),
+            Ok(Some(Ok(Err(e)))) => last = short(&e),
+            Ok(Some(Err(e))) => last = e.to_string(),
+            Ok(None) | Err(_) => break,
         }
-        tracing::debug!("etcd: {ep}: {last}");
     }
     Err(unreachable(url, &last))
 }

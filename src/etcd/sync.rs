@@ -51,6 +51,21 @@ pub struct SyncTask {
     pub on_rekey: Box<dyn Fn() + Send + Sync>,
 }
 
+/// The row lines of `view` to verify against `head`. Entries newer than the head are the
+/// parts of a batched write whose last part never landed (its writer died; the marker's lease
+/// ran out): no head covers them, so they are left out, and the next write deletes them.
+fn covered_rows(
+    url: &EtcdUrl,
+    view: &BTreeMap<String, String>,
+    head: &str,
+) -> Vec<(String, String)> {
+    let generation = mirror::head_generation(head).unwrap_or(i64::MAX);
+    view.iter()
+        .filter(|(_, v)| mirror::entry_seq(v).is_none_or(|seq| seq <= generation))
+        .filter_map(|(k, v)| url.row_of(k).map(|r| (r.to_owned(), v.clone())))
+        .collect()
+}
+
 /// The wrapped key of every vault line in `view`: it changes only when vault or master keys
 /// are rotated.
 fn vault_keys(view: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -302,16 +317,7 @@ impl State {
             return;
         };
         self.warned_no_store = false;
-        // Entries newer than the head are the parts of a batched write whose last part never
-        // landed (its writer died; the marker's lease ran out): no head covers them, so they
-        // are left out, and the next write deletes them.
-        let generation = mirror::head_generation(&head).unwrap_or(i64::MAX);
-        let rows: Vec<(String, String)> = self
-            .view
-            .iter()
-            .filter(|(_, v)| mirror::entry_seq(v).is_none_or(|seq| seq <= generation))
-            .filter_map(|(k, v)| url.row_of(k).map(|r| (r.to_owned(), v.clone())))
-            .collect();
+        let rows = covered_rows(url, &self.view, &head);
         let (text, keys) =
             mirror::assemble(&head, rows.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let Some(outcome) = self.applier.apply(text).await else {
@@ -423,5 +429,42 @@ impl State {
         {
             tracing::debug!("etcd: cannot record this host's ack: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn rows_no_head_covers_are_left_out() {
+        let url = EtcdUrl::parse("etcd://h:1/p").unwrap();
+        let head = "vaultfs-bundle 1 00\nhead 7\nvaults 1\n";
+        let v = view(&[
+            ("/p/head", head),
+            ("/p/pending", "batch"),
+            ("/p/r/vault/1", "vault 1 1 t w s"),
+            ("/p/r/entry/1/2", "entry 1 2 1 0 7 t m v"),
+            ("/p/r/entry/1/3", "entry 1 3 1 0 8 t m v"),
+        ]);
+        let rows = covered_rows(&url, &v, head);
+        let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["entry/1/2", "vault/1"]);
+    }
+
+    #[test]
+    fn a_rotation_changes_the_vault_keys_and_an_acl_change_does_not() {
+        let a = view(&[("/p/r/vault/1", "vault 1 1 tag wrappedA sealedA")]);
+        let acl = view(&[("/p/r/vault/1", "vault 1 2 tag wrappedA sealedB")]);
+        let rotated = view(&[("/p/r/vault/1", "vault 1 2 tag wrappedB sealedC")]);
+        assert_eq!(vault_keys(&a), vault_keys(&acl));
+        assert_ne!(vault_keys(&a), vault_keys(&rotated));
     }
 }
