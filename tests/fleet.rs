@@ -157,6 +157,10 @@ pub struct Fleet {
     pub vault: String,
     /// The store address the next host's daemon gets, when not the admin's.
     url_override: Option<String>,
+    /// Extra environment of the admin's commands (etcd TLS and user options).
+    pub admin_env: Vec<(String, String)>,
+    /// Extra top-level lines of every host's serve config (etcd TLS and user keys).
+    pub host_config: String,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -189,6 +193,8 @@ impl Fleet {
             prefix,
             vault,
             url_override: None,
+            admin_env: Vec::new(),
+            host_config: String::new(),
             _serial: serial,
         }
     }
@@ -224,7 +230,7 @@ impl Fleet {
         } else {
             ssh_key(&dir, "identity", "ed25519")
         };
-        self.admin.ok(&[
+        self.admin_ok(&[
             "key",
             "add",
             "--recipient",
@@ -257,11 +263,12 @@ impl Fleet {
         std::fs::write(
             &config,
             format!(
-                "store = \"{}\"\nreplica = \"{}\"\nhost = \"{name}\"\nidentity = \"{}\"\n\
+                "store = \"{}\"\nreplica = \"{}\"\nhost = \"{name}\"\nidentity = \"{}\"\n{}\
                  [[mount]]\nsource = \"{}\"\nmountpoint = \"{}\"\n",
                 url,
                 replica.display(),
                 identity.display(),
+                self.host_config,
                 self.vault,
                 mnt.display()
             ),
@@ -316,7 +323,24 @@ impl Fleet {
 
     /// Writes `value` at `path` with the CLI (asserting exit 0).
     pub fn write(&self, path: &str, value: &[u8]) {
-        self.admin.write(&self.addr(path), value);
+        let addr = self.addr(path);
+        let out = self.admin_run(&["write", &addr], value);
+        assert_success(&out, &["write", &addr]);
+    }
+
+    /// `vaultfs ARGS` as the admin, with [`admin_env`](Self::admin_env).
+    pub fn admin_run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut cmd = self.admin.cmd();
+        cmd.envs(self.admin_env.iter().map(|(k, v)| (k, v)))
+            .args(args);
+        run_command(&mut cmd, stdin)
+    }
+
+    /// Like [`admin_run`](Self::admin_run), asserting exit 0; stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.admin_run(args, b"");
+        assert_success(&out, args);
+        out.stdout
     }
 
     /// Waits (bounded) until every host's mount shows `value` at `path`.
@@ -1098,5 +1122,162 @@ fn harness_cluster_elects_survives_a_leader_kill_and_compacts() {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
             "an etcd member still listens on {port}"
         );
+    }
+}
+
+#[test]
+fn tls_client_certificates_and_an_etcd_user_scoped_to_the_prefix_with_expiring_tokens() {
+    if !fleet_ready() {
+        return;
+    }
+    let serial = ONE_FLEET_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::Builder::new()
+        .prefix("vaultfs-fleet-tls-")
+        .tempdir()
+        .unwrap();
+    let tls = crate::etcd::make_tls(dir.path());
+    // Tokens live 3 s: a host that did not refresh its token would stop following.
+    let mut cluster = Cluster::start_with(
+        dir.path(),
+        3,
+        crate::etcd::Options {
+            tls: Some(tls.clone()),
+            auth_token_ttl: Some(3),
+        },
+    );
+    let prefix = format!("/vaultfs/{}", random_name());
+    // etcd's RBAC: user `web` may read and write the store's prefix only.
+    for args in [
+        vec!["user", "add", "root:root-pw", "--interactive=false"],
+        vec!["role", "add", "vaultfs"],
+        vec![
+            "role",
+            "grant-permission",
+            "vaultfs",
+            "--prefix=true",
+            "readwrite",
+            &prefix,
+        ],
+        vec!["user", "add", "web:web-pw", "--interactive=false"],
+        vec!["user", "grant-role", "web", "vaultfs"],
+        vec!["user", "add", "other:other-pw", "--interactive=false"],
+        vec!["auth", "enable"],
+    ] {
+        cluster.etcdctl_ok(&args, b"");
+    }
+    cluster.etcdctl_user = Some("root:root-pw".to_owned());
+    let password = dir.path().join("web.pw");
+    crate::common::write_private(&password, "web-pw\n");
+    let admin = TestStore {
+        store: PathBuf::from(cluster.store_url(&prefix)),
+        key: dir.path().join("admin.key"),
+        dir,
+    };
+    std::fs::create_dir(admin.tmpdir()).unwrap();
+    admin.ok(&["keygen", admin.key.to_str().unwrap()]);
+    let env = |k: &str, v: &Path| (k.to_owned(), v.to_str().unwrap().to_owned());
+    let admin_env = vec![
+        env("VAULTFS_ETCD_CACERT", &tls.ca),
+        env("VAULTFS_ETCD_CERT", &tls.client_cert),
+        env("VAULTFS_ETCD_KEY", &tls.client_key),
+        ("VAULTFS_ETCD_USER".to_owned(), "web".to_owned()),
+        env("VAULTFS_ETCD_PASSWORD_FILE", &password),
+    ];
+    let mut fleet = Fleet {
+        hosts: Vec::new(),
+        cluster,
+        admin,
+        prefix,
+        vault: random_name(),
+        url_override: None,
+        admin_env,
+        host_config: format!(
+            "etcd_cacert = \"{}\"\netcd_cert = \"{}\"\netcd_key = \"{}\"\netcd_user = \"web\"\n\
+             etcd_password_file = \"{}\"\n",
+            tls.ca.display(),
+            tls.client_cert.display(),
+            tls.client_key.display(),
+            password.display()
+        ),
+        _serial: serial,
+    };
+    fleet.admin_ok(&["init"]);
+    fleet.admin_ok(&["vault", "create", &fleet.vault.clone(), "--owner", "root"]);
+    fleet.write("/s", b"over-tls-1");
+    assert_eq!(fleet.admin_ok(&["cat", &fleet.addr("/s")]), b"over-tls-1");
+    fleet.add_host("web1");
+    fleet.hosts[0].wait_value("/s", b"over-tls-1");
+    // Longer than a token lives: the host and the CLI still get through.
+    std::thread::sleep(Duration::from_secs(5));
+    fleet.write("/s", b"over-tls-2");
+    fleet.hosts[0].wait_value("/s", b"over-tls-2");
+
+    // Each wrong credential: one line, a non-zero exit, no password anywhere in it.
+    let wrong = fleet.admin.path("wrong.pw");
+    crate::common::write_private(&wrong, "not-the-password\n");
+    let cat = ["cat".to_owned(), fleet.addr("/s")];
+    let cases: Vec<(&str, Vec<(String, Option<String>)>)> = vec![
+        (
+            "a wrong password",
+            vec![(
+                "VAULTFS_ETCD_PASSWORD_FILE".into(),
+                Some(wrong.to_str().unwrap().into()),
+            )],
+        ),
+        (
+            "a user without access to the prefix",
+            vec![
+                ("VAULTFS_ETCD_USER".into(), Some("other".into())),
+                (
+                    "VAULTFS_ETCD_PASSWORD_FILE".into(),
+                    Some({
+                        let p = fleet.admin.path("other.pw");
+                        crate::common::write_private(&p, "other-pw\n");
+                        p.to_str().unwrap().into()
+                    }),
+                ),
+            ],
+        ),
+        (
+            "no client certificate",
+            vec![
+                ("VAULTFS_ETCD_CERT".into(), None),
+                ("VAULTFS_ETCD_KEY".into(), None),
+            ],
+        ),
+        (
+            "no CA (the members' certificate is not trusted)",
+            vec![("VAULTFS_ETCD_CACERT".into(), None)],
+        ),
+    ];
+    for (what, changes) in cases {
+        let mut cmd = fleet.admin.cmd();
+        for (k, v) in &fleet.admin_env {
+            if !changes.iter().any(|(c, _)| c == k) {
+                cmd.env(k, v);
+            }
+        }
+        for (k, v) in &changes {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.args(&cat);
+        let start = Instant::now();
+        let out = run_command(&mut cmd, b"");
+        assert!(
+            start.elapsed() < WRITE_FAIL_BOUND,
+            "{what}: took {:?}",
+            start.elapsed()
+        );
+        assert_ne!(code(&out), 0, "{what}: cat succeeded");
+        let line = assert_fails(&out, &cat, code(&out));
+        for secret in ["web-pw", "other-pw", "not-the-password", "over-tls"] {
+            assert!(!line.contains(secret), "{what}: {line}");
+        }
+        eprintln!("{what}: {line}");
     }
 }

@@ -44,12 +44,14 @@ pub struct Member {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl Member {
-    /// `http://127.0.0.1:PORT`, this member's client URL.
+    /// `http(s)://127.0.0.1:PORT`, this member's client URL.
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -71,6 +73,119 @@ pub struct Cluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    opts: Options,
+    /// `USER:PASSWORD` etcdctl authenticates with, once auth is enabled.
+    pub etcdctl_user: Option<String>,
+}
+
+/// TLS files for the members' client port (peers stay on plain loopback).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// The CA that signed the server and client certificates.
+    pub ca: PathBuf,
+    /// The members' certificate (SAN IP 127.0.0.1) and key.
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// A client certificate etcdctl uses (members require one).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+/// How the cluster runs.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Client TLS with client certificates required.
+    pub tls: Option<Tls>,
+    /// `--auth-token-ttl` in seconds (etcd's simple tokens), to make tokens expire in a test.
+    pub auth_token_ttl: Option<u32>,
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
+pub fn make_tls(dir: &Path) -> Tls {
+    assert!(crate::common::require_tool("openssl"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "[server]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n\
+         [client]\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vaultfs-test-ca",
+    ]);
+    for (name, ext) in [("server", "server"), ("client", "client")] {
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN=vaultfs-test-{name}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            ext,
+        ]);
+    }
+    for key in ["ca.key", "server.key", "client.key"] {
+        crate::common::write_private(&dir.join(key), std::fs::read(dir.join(key)).unwrap());
+    }
+    Tls {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    }
 }
 
 /// Binds `n` distinct free loopback ports at once (so none repeats), then frees them for etcd.
@@ -88,11 +203,16 @@ impl Cluster {
     /// Starts an `n`-member cluster with its data under `dir` and waits (bounded) until every
     /// member is healthy and a leader is elected.
     pub fn start(dir: &Path, n: usize) -> Cluster {
+        Cluster::start_with(dir, n, Options::default())
+    }
+
+    /// Like [`start`](Self::start), with TLS and auth token options.
+    pub fn start_with(dir: &Path, n: usize, opts: Options) -> Cluster {
         // Ports freed by free_ports can be taken by another test before etcd binds them: a
         // member that dies at start is retried with a whole new set of ports.
         let mut last = String::new();
         for _ in 0..3 {
-            match Cluster::try_start(dir, n) {
+            match Cluster::try_start(dir, n, &opts) {
                 Ok(c) => return c,
                 Err(e) => last = e,
             }
@@ -100,7 +220,7 @@ impl Cluster {
         panic!("cannot start a {n}-member etcd cluster: {last}");
     }
 
-    fn try_start(dir: &Path, n: usize) -> Result<Cluster, String> {
+    fn try_start(dir: &Path, n: usize, opts: &Options) -> Result<Cluster, String> {
         let ports = free_ports(2 * n);
         let token = format!("vaultfs-{}", crate::common::random_name());
         let base = dir.join(format!("etcd-{token}"));
@@ -113,6 +233,7 @@ impl Cluster {
                 data_dir: base.join(format!("m{i}.data")),
                 log: base.join(format!("m{i}.log")),
                 child: None,
+                tls: opts.tls.is_some(),
             })
             .collect();
         let initial_cluster = members
@@ -124,6 +245,8 @@ impl Cluster {
             members,
             initial_cluster,
             token,
+            opts: opts.clone(),
+            etcdctl_user: None,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -155,6 +278,7 @@ impl Cluster {
     fn spawn(&mut self, i: usize) {
         let initial = self.initial_cluster.clone();
         let token = self.token.clone();
+        let opts = self.opts.clone();
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "member {} is already running", m.name);
         let log = std::fs::OpenOptions::new()
@@ -162,7 +286,20 @@ impl Cluster {
             .append(true)
             .open(&m.log)
             .expect("open the member's log");
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(tls) = &opts.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        if let Some(ttl) = opts.auth_token_ttl {
+            cmd.arg(format!("--auth-token-ttl={ttl}"));
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -209,7 +346,8 @@ impl Cluster {
             .join(",")
     }
 
-    /// `etcd://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/PREFIX`, the store address vaultfs takes.
+    /// `etcd://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/PREFIX` (`etcds://` with TLS), the
+    /// store address vaultfs takes.
     pub fn store_url(&self, prefix: &str) -> String {
         let hosts = self
             .members
@@ -217,7 +355,12 @@ impl Cluster {
             .map(|m| format!("127.0.0.1:{}", m.client_port))
             .collect::<Vec<_>>()
             .join(",");
-        format!("etcd://{hosts}/{}", prefix.trim_start_matches('/'))
+        let scheme = if self.opts.tls.is_some() {
+            "etcds"
+        } else {
+            "etcd"
+        };
+        format!("{scheme}://{hosts}/{}", prefix.trim_start_matches('/'))
     }
 
     /// The store address naming only the members `which` (the same prefix).
@@ -249,6 +392,18 @@ impl Cluster {
 
     fn etcdctl_at(&self, endpoints: &str, args: &[&str], stdin: &[u8]) -> Output {
         let mut cmd = Command::new("etcdctl");
+        if let Some(tls) = &self.opts.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        if let Some(user) = &self.etcdctl_user {
+            // etcdctl takes USER:PASSWORD only in argv; this is the test cluster's root.
+            cmd.arg(format!("--user={user}"));
+        }
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
             .arg(format!("--dial-timeout={ETCDCTL_TIMEOUT}"))
