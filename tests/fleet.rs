@@ -1125,6 +1125,9 @@ fn harness_cluster_elects_survives_a_leader_kill_and_compacts() {
     }
 }
 
+/// An environment variable set to a value, or removed.
+type EnvChange = (String, Option<String>);
+
 #[test]
 fn tls_client_certificates_and_an_etcd_user_scoped_to_the_prefix_with_expiring_tokens() {
     if !fleet_ready() {
@@ -1218,7 +1221,7 @@ fn tls_client_certificates_and_an_etcd_user_scoped_to_the_prefix_with_expiring_t
     let wrong = fleet.admin.path("wrong.pw");
     crate::common::write_private(&wrong, "not-the-password\n");
     let cat = ["cat".to_owned(), fleet.addr("/s")];
-    let cases: Vec<(&str, Vec<(String, Option<String>)>)> = vec![
+    let cases: Vec<(&str, Vec<EnvChange>)> = vec![
         (
             "a wrong password",
             vec![(
