@@ -307,16 +307,27 @@ fn sync_cache(
     if is_init {
         bail!("a vaultfs store already exists at {url}");
     }
+    // `.rev` is "HEAD_REVISION ROW_COUNT ROWS_MOD_REVISION" of this copy's own last write. The
+    // head unmoved is not enough: a row edited, put back or deleted directly in etcd leaves the
+    // head alone, and only the full read below verifies the rows; so the rows' fingerprint must
+    // not have moved either.
     let rev_file = with_suffix(cache, ".rev");
-    let known: Option<i64> = std::fs::read_to_string(&rev_file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok());
-    if known == Some(head.mod_revision) && cache.exists() {
-        return Ok(Some(Synced {
-            head_rev: head.mod_revision,
-            orphans: vec![],
-            text: None,
-        }));
+    let known: Vec<i64> = std::fs::read_to_string(&rev_file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    if let [rev, count, rows_rev] = known[..] {
+        if rev == head.mod_revision
+            && cache.exists()
+            && conn.fingerprint(&url.row_key(""), 0)? == (count, rows_rev)
+        {
+            return Ok(Some(Synced {
+                head_rev: head.mod_revision,
+                orphans: vec![],
+                text: None,
+            }));
+        }
     }
     let (_, kvs) = conn.range_all(&url.root())?;
     let mut head_text = None;
@@ -480,7 +491,13 @@ fn push(
     // The copy now is what etcd holds at that revision (the head key's): the next command
     // needs no full read unless someone else writes meanwhile.
     if revision > 0 {
-        let _ = write_small(&with_suffix(cache, ".rev"), &revision.to_string());
+        // The rows as of that revision (a compaction meanwhile just means a full read next time).
+        if let Ok((count, rows_rev)) = conn.fingerprint(&url.row_key(""), revision) {
+            let _ = write_small(
+                &with_suffix(cache, ".rev"),
+                &format!("{revision} {count} {rows_rev}"),
+            );
+        }
     }
     Ok(Pushed::Done {
         generation,

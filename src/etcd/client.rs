@@ -292,6 +292,31 @@ impl Conn {
         Ok(resp.id())
     }
 
+    /// How many keys are under `from` and the newest revision that wrote one of them, as of
+    /// `revision` (0: now). It moves whenever a key there is added, edited, put back or
+    /// deleted, so it tells a copy taken at `revision` from a prefix changed behind its back.
+    pub fn fingerprint(&mut self, from: &str, revision: i64) -> Result<(i64, i64)> {
+        let (url, timeout) = (self.url.clone(), self.timeout);
+        let mut o = GetOptions::new()
+            .with_range(prefix_end(from))
+            .with_sort(
+                etcd_client::SortTarget::Mod,
+                etcd_client::SortOrder::Descend,
+            )
+            .with_limit(1)
+            .with_keys_only();
+        if revision > 0 {
+            o = o.with_revision(revision);
+        }
+        let resp = self
+            .rt
+            .block_on(bounded(&url, timeout, self.client.get(from, Some(o))))?;
+        Ok((
+            resp.count(),
+            resp.kvs().first().map_or(0, |kv| kv.mod_revision()),
+        ))
+    }
+
     /// Every key under `from`.
     pub fn range_all(&mut self, from: &str) -> Result<(i64, Vec<Kv>)> {
         let (url, timeout) = (self.url.clone(), self.timeout);
