@@ -28,6 +28,9 @@ pub struct Cli {
     /// Unlock with a host key: an age identity file or an OpenSSH ed25519 private key (e.g. /etc/ssh/ssh_host_ed25519_key)
     #[arg(long, env = "VAULTFS_IDENTITY", value_name = "PATH")]
     pub identity: Option<PathBuf>,
+    /// How to reach a store in etcd (filled from the command's options).
+    #[arg(skip)]
+    pub etcd: EtcdArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -313,6 +316,22 @@ pub enum Command {
         /// With --check: do not ask systemd whether the units of on-change actions exist (a config built for another host)
         #[arg(long, requires = "check")]
         offline: bool,
+        /// For a store in etcd: the local replica the mounts read (config: replica)
+        #[arg(long, value_name = "PATH")]
+        replica: Option<PathBuf>,
+        /// For a store in etcd: this host's name in `fleet status` (config: host) [default: the hostname]
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+    },
+    /// Hosts that replicate a store kept in etcd
+    #[command(
+        after_help = "Examples:\n  vaultfs fleet status --store etcd://10.0.0.1:2379/vaultfs/prod\n  vaultfs fleet status --json"
+    )]
+    Fleet {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        cmd: FleetCommand,
     },
     /// Host bundles: export sealed vaults for hosts, apply one on a host, show one
     #[command(
@@ -368,6 +387,16 @@ Config keys (TOML):
   store = PATH        the store file [default: as for --store]; --store and VAULTFS_STORE win
   key_file = PATH     unlock with this key file; --key-file, VAULTFS_KEY_FILE and
                       --passphrase-file win; without any, a passphrase is asked on the terminal
+  A host of a store in etcd (store = \"etcd://HOST:PORT[,...]/PREFIX\", etcds:// for TLS;
+  a build with `--features etcd`): a sync task keeps a local replica, the mounts read it.
+  replica = PATH      the replica's file (--replica wins); required with an etcd store
+  host = NAME         this host's name in `vaultfs fleet status` (--host wins) [default: hostname]
+  identity = PATH     the host key that opens its slot (--identity wins)
+  etcd_cacert = PATH  CA certificate of the members (--etcd-cacert wins)
+  etcd_cert = PATH    client certificate, with etcd_key = PATH (--etcd-cert, --etcd-key win)
+  etcd_key = PATH     the client certificate's key
+  etcd_user = NAME    etcd user, with etcd_password_file = PATH (first line; never inline)
+  etcd_password_file = PATH  the etcd user's password file
   [[mount]]           one table per mount, any number of them:
     source = ADDR     VAULT, VAULT:/DIR or VAULT:/PATH (one secret: the mountpoint is a file)
     mountpoint = PATH absolute; created if missing; each used once
@@ -459,6 +488,43 @@ pub struct StoreArgs {
     /// Unlock with a host key: an age identity file or an OpenSSH ed25519 private key (or VAULTFS_IDENTITY)
     #[arg(long, global = true, value_name = "PATH")]
     pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+/// How to reach a store kept in etcd (`--store etcd://HOST:PORT[,...]/PREFIX`, or `etcds://`
+/// for TLS); ignored for a store file. A password is only ever read from a file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EtcdArgs {
+    /// CA certificate (PEM) of an etcds:// store's members
+    #[arg(long, global = true, env = "VAULTFS_ETCD_CACERT", value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd
+    #[arg(long, global = true, env = "VAULTFS_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM)
+    #[arg(long, global = true, env = "VAULTFS_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (with --etcd-password-file)
+    #[arg(long, global = true, env = "VAULTFS_ETCD_USER", value_name = "NAME")]
+    pub etcd_user: Option<String>,
+    /// File whose first line is the etcd user's password
+    #[arg(
+        long,
+        global = true,
+        env = "VAULTFS_ETCD_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Connect and request timeout for etcd, in milliseconds
+    #[arg(
+        long,
+        global = true,
+        env = "VAULTFS_ETCD_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 3000
+    )]
+    pub etcd_timeout_ms: u64,
 }
 
 impl Cli {
@@ -479,6 +545,7 @@ impl Cli {
             self.key_file = sub.key_file;
             self.passphrase_file = sub.passphrase_file;
         }
+        self.etcd = sub.etcd;
     }
 }
 
@@ -507,6 +574,7 @@ impl Command {
             | Command::Watch { store, .. }
             | Command::Mount { store, .. }
             | Command::Serve { store, .. }
+            | Command::Fleet { store, .. }
             | Command::Bundle { store, .. }
             | Command::Edit { store, .. } => Some(store),
             Command::Keygen { .. }
@@ -516,6 +584,20 @@ impl Command {
             | Command::Man { .. } => None,
         }
     }
+}
+
+/// `vaultfs fleet ...`
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// One line per host: the etcd revision it applied, the store's, whether it converged, its last ack
+    #[command(
+        after_help = "Example:\n  vaultfs fleet status --store etcd://127.0.0.1:2379/vaultfs/prod"
+    )]
+    Status {
+        /// JSON for machines
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Argon2id cost for a new passphrase slot.

@@ -106,6 +106,16 @@ struct ServeConfig {
     store: Option<PathBuf>,
     /// The key file; `--key-file`/`VAULTFS_KEY_FILE` win over it.
     key_file: Option<PathBuf>,
+    /// For a store in etcd: see [`FleetConfig`] (inline, since `deny_unknown_fields` and
+    /// `flatten` do not mix).
+    replica: Option<PathBuf>,
+    host: Option<String>,
+    identity: Option<PathBuf>,
+    etcd_cacert: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
     #[serde(rename = "mount", default)]
     mounts: Vec<MountConfig>,
     /// The credential socket for systemd's `LoadCredential=`.
@@ -414,6 +424,30 @@ fn read_only_default() -> bool {
     true
 }
 
+/// A host of a store kept in etcd (`store = "etcd://..."`): where its replica is, its name
+/// and key, and how to reach etcd. `--replica`, `--host`, `--identity` and the `--etcd-*`
+/// options win over these.
+#[derive(Debug, Default, Clone)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub struct FleetConfig {
+    /// The local replica the mounts read.
+    pub replica: Option<PathBuf>,
+    /// This host's name under `acks/` (default: the hostname).
+    pub host: Option<String>,
+    /// The host key that opens its slot.
+    pub identity: Option<PathBuf>,
+    /// CA certificate for `etcds://`.
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate.
+    pub etcd_cert: Option<PathBuf>,
+    /// Its key.
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user.
+    pub etcd_user: Option<String>,
+    /// File holding that user's password.
+    pub etcd_password_file: Option<PathBuf>,
+}
+
 /// A config checked for everything that can be checked without the store.
 #[derive(Debug)]
 pub struct CheckedConfig {
@@ -421,6 +455,9 @@ pub struct CheckedConfig {
     pub store: Option<PathBuf>,
     /// The key file, if the config names one.
     pub key_file: Option<PathBuf>,
+    /// Replica, host and etcd settings, for a store in etcd.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fleet: FleetConfig,
     /// The mounts, in order.
     pub mounts: Vec<MountSpec>,
     /// The credential socket, if the config has a `[credentials]` section.
@@ -596,7 +633,33 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
             quiet_period,
         });
     }
-    for path in [&config.store, &config.key_file].into_iter().flatten() {
+    let fleet = FleetConfig {
+        replica: config.replica,
+        host: config.host,
+        identity: config.identity,
+        etcd_cacert: config.etcd_cacert,
+        etcd_cert: config.etcd_cert,
+        etcd_key: config.etcd_key,
+        etcd_user: config.etcd_user,
+        etcd_password_file: config.etcd_password_file,
+    };
+    let f = &fleet;
+    let store_file = config.store.as_ref().filter(|s| !crate::etcd::is_etcd(s));
+    for path in [store_file, config.key_file.as_ref()]
+        .into_iter()
+        .chain(
+            [
+                &f.replica,
+                &f.identity,
+                &f.etcd_cacert,
+                &f.etcd_cert,
+                &f.etcd_key,
+                &f.etcd_password_file,
+            ]
+            .map(Option::as_ref),
+        )
+        .flatten()
+    {
         if !path.is_absolute() {
             return fail(format!(
                 "{origin}: {} must be an absolute path",
@@ -626,6 +689,7 @@ pub fn parse_config(text: &str, origin: &str) -> Result<CheckedConfig, ConfigErr
     Ok(CheckedConfig {
         store: config.store,
         key_file: config.key_file,
+        fleet,
         mounts,
         credentials,
         audit_mirror,

@@ -13,8 +13,21 @@ use crate::exit::usage;
 /// The longest passphrase or key file read; a guard against pointing at a huge file by mistake.
 const MAX_CREDENTIAL_LEN: u64 = 64 * 1024;
 
+/// Set when the store lives in etcd: the commands then work on this local copy of it.
+static STORE_OVERRIDE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`store_path`] answer `path` for the rest of the process (the etcd backend's local
+/// copy of the store; set once, before any command runs).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub fn override_store_path(path: PathBuf) {
+    let _ = STORE_OVERRIDE.set(path);
+}
+
 /// The store path: `--store`, `VAULTFS_STORE`, else the per-user or system default.
 pub fn store_path(cli: &Cli) -> PathBuf {
+    if let Some(p) = STORE_OVERRIDE.get() {
+        return p.clone();
+    }
     if let Some(p) = &cli.store {
         return p.clone();
     }
@@ -53,6 +66,73 @@ pub fn read_secret(mut reader: impl Read, limit: u64) -> std::io::Result<Option<
         }
         buf.expose_mut().extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Every credential this process read, so the etcd backend can open the store copy again
+/// after the command (to export what it changed) without asking twice. In memory only, wiped
+/// on drop like any [`SecretBytes`].
+#[cfg(feature = "etcd")]
+static REMEMBERED: parking_lot::Mutex<Vec<(&'static str, SecretBytes, PathBuf)>> =
+    parking_lot::Mutex::new(Vec::new());
+
+fn remember(kind: &'static str, bytes: &SecretBytes, path: &Path) {
+    #[cfg(feature = "etcd")]
+    REMEMBERED
+        .lock()
+        .push((kind, bytes.clone(), path.to_owned()));
+    #[cfg(not(feature = "etcd"))]
+    let _ = (kind, bytes, path);
+}
+
+/// A credential as read, which (unlike a [`Credential`]) may move to another thread.
+#[cfg(feature = "etcd")]
+pub struct CredentialSource(&'static str, SecretBytes, PathBuf);
+
+#[cfg(feature = "etcd")]
+impl CredentialSource {
+    /// Another copy (the bytes are wiped on drop in each).
+    pub fn clone_of(&self) -> CredentialSource {
+        CredentialSource(self.0, self.1.clone(), self.2.clone())
+    }
+
+    /// The credential again.
+    pub fn credential(&self) -> Option<Credential> {
+        let CredentialSource(kind, bytes, path) = self;
+        match *kind {
+            "key" => Some(Credential::KeyFile(bytes.clone())),
+            "pass" => Some(Credential::Passphrase(bytes.clone())),
+            _ => vaultfs_store::Identity::parse(bytes, path)
+                .ok()
+                .map(Credential::Identity),
+        }
+    }
+}
+
+/// The credentials read so far, newest first.
+#[cfg(feature = "etcd")]
+pub fn remembered_sources() -> Vec<CredentialSource> {
+    REMEMBERED
+        .lock()
+        .iter()
+        .rev()
+        .map(|(kind, bytes, path)| CredentialSource(kind, bytes.clone(), path.clone()))
+        .collect()
+}
+
+/// The credentials read so far, newest first.
+#[cfg(feature = "etcd")]
+pub fn remembered() -> Vec<Credential> {
+    remembered_sources()
+        .iter()
+        .filter_map(CredentialSource::credential)
+        .collect()
+}
+
+/// Reads a small private file (a key, a password) with the same checks as a key file: not
+/// readable by others, owned by you or root.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub fn read_private_file(path: &Path, what: &str) -> Result<SecretBytes> {
+    read_credential_file(path, what)
 }
 
 fn read_credential_file(path: &Path, what: &str) -> Result<SecretBytes> {
@@ -141,6 +221,7 @@ pub fn check_store_dir(store: &Path) -> Result<()> {
 /// Reads a key file.
 pub fn key_file(path: &Path) -> Result<Credential> {
     let bytes = read_credential_file(path, "key file")?;
+    remember("key", &bytes, path);
     if bytes.len() < vaultfs_store::MIN_KEY_FILE_LEN {
         return Err(StoreError::BadKeyFile {
             path: path.to_owned(),
@@ -154,6 +235,7 @@ pub fn key_file(path: &Path) -> Result<Credential> {
 /// Reads a host key: an age identity file or an OpenSSH ed25519 private key.
 pub fn identity(path: &Path) -> Result<Credential> {
     let bytes = read_credential_file(path, "identity")?;
+    remember("id", &bytes, path);
     Ok(Credential::Identity(vaultfs_store::Identity::parse(
         &bytes, path,
     )?))
@@ -173,6 +255,7 @@ pub fn passphrase_file(path: &Path) -> Result<Credential> {
     if v.is_empty() {
         usage!("passphrase file {}: empty passphrase", path.display());
     }
+    remember("pass", &bytes, path);
     Ok(Credential::Passphrase(bytes))
 }
 
@@ -195,6 +278,7 @@ pub fn unlock_credential(cli: &Cli) -> Result<Credential> {
     if pass.is_empty() {
         usage!("empty passphrase");
     }
+    remember("pass", &pass, Path::new("-"));
     Ok(Credential::Passphrase(pass))
 }
 
@@ -208,6 +292,7 @@ pub fn new_passphrase() -> Result<Credential> {
     if first.expose() != second.expose() {
         usage!("the passphrases differ");
     }
+    remember("pass", &first, Path::new("-"));
     Ok(Credential::Passphrase(first))
 }
 

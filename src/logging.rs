@@ -107,7 +107,7 @@ impl Limiter {
         now: Instant,
         summaries: &mut Vec<String>,
     ) -> bool {
-        let key = (site.clone(), Some(without_digits(text)));
+        let key = (site.clone(), Some(line_key(text)));
         if let Some(w) = self.windows.get_mut(&key) {
             if now.duration_since(w.start) < WINDOW {
                 w.repeats += 1;
@@ -192,6 +192,18 @@ fn summary(key: &Key, w: &Window, now: Instant) -> Option<String> {
         ),
     };
     Some(line(w.level, &text))
+}
+
+/// What makes two lines "the same" for counting repeats: the text without its digits, except
+/// for a tamper report, whose digits say which row was tampered with (etcd keys of rows are
+/// numbers): each such row must be named at least once per window. The per-site cap still
+/// bounds how many distinct ones print.
+fn line_key(text: &str) -> String {
+    if text.contains("tamper") {
+        text.to_owned()
+    } else {
+        without_digits(text)
+    }
 }
 
 /// `text` with every run of digits replaced by `#`, so that counters, ids and addresses do not
@@ -483,6 +495,12 @@ fn writer(shared: &'static Shared, rx: Receiver<Msg>) {
 /// Flushes the log at exit; see [`init`].
 pub struct Guard(());
 
+/// Drains the queue now (bounded), as at exit: for a process about to `exec` itself.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub fn flush() {
+    drop(Guard(()));
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         let shared = shared();
@@ -540,6 +558,18 @@ mod tests {
             "{out:?}"
         );
         assert!(l.windows.is_empty());
+    }
+
+    #[test]
+    fn a_tamper_line_names_each_row_it_is_about() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        let mut s = Vec::new();
+        let line = |row: u32| format!("etcd: tamper: /p/r/entry/1/{row}: bad; refused");
+        assert!(l.admit(site(), &line(2), Level::WARN, t0, &mut s));
+        assert!(l.admit(site(), &line(3), Level::WARN, t0, &mut s));
+        // The same row again is a repeat.
+        assert!(!l.admit(site(), &line(3), Level::WARN, t0, &mut s));
     }
 
     #[test]

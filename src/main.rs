@@ -14,6 +14,7 @@ mod config;
 mod credentials;
 mod credsock;
 mod daemon;
+mod etcd;
 mod exit;
 mod hygiene;
 mod logging;
@@ -30,6 +31,14 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    // A store in etcd: the command runs on a local copy, synced before and sent after.
+    if let Some(done) = etcd::intercept(cli, run_local) {
+        return done;
+    }
+    run_local(cli)
+}
+
+fn run_local(cli: &Cli) -> anyhow::Result<ExitCode> {
     use commands::*;
     // `serve` takes its mirror from its config first.
     if !matches!(cli.command, Command::Serve { .. }) {
@@ -132,8 +141,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             config,
             check,
             offline,
+            replica,
+            host,
             ..
-        } => serve::serve(cli, config, *check, *offline),
+        } => serve::serve(
+            cli,
+            config,
+            *check,
+            *offline,
+            replica.as_deref(),
+            host.as_deref(),
+        ),
+        Command::Fleet { cmd, .. } => etcd::fleet(cli, cmd),
         Command::Demo { keep, dir } => demo::demo(dir.as_deref(), *keep),
         Command::Completions { shell } => docs::completions(*shell),
         Command::Man { command } => docs::man(command.as_deref()),

@@ -64,3 +64,10 @@ mod audit_mirror;
 mod policy_templates;
 // Kernel-checked mounts: no opens in the daemon, pushed invalidation, refusals.
 mod kernel_checks;
+// A store in etcd: a real 3-member cluster (the harness), three hosts serving replicas.
+#[cfg(feature = "etcd")]
+mod etcd;
+#[cfg(feature = "etcd")]
+mod fleet;
+// The NixOS module's etcd options under the real nixpkgs lib.
+mod nixos_etcd;

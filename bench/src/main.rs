@@ -9,6 +9,7 @@
 mod charts;
 mod cli;
 mod compare;
+mod fleet;
 mod large;
 mod reader;
 mod report;
@@ -65,6 +66,9 @@ enum Cmd {
     /// Open files named on stdin as uid 65534, one answer per line (the revocation workload)
     #[command(hide = true)]
     Probe,
+    /// A store in a real etcd cluster served by three hosts: rotation latency to every mount
+    /// (beside a single-member etcd), initial sync of a new host, replica reads vs a local store
+    Fleet(fleet::FleetArgs),
     /// Compare two result files (ratios to the baselines, and vaultfs's own figures)
     Compare {
         /// The earlier run, e.g. bench/results/reference-*.json
@@ -206,6 +210,11 @@ fn main() -> ExitCode {
         Some(Cmd::Reader(a)) => reader_cmd(a),
         Some(Cmd::Probe) => revoke::probe(),
         Some(Cmd::Compare { old, new }) => compare::compare(&old, &new),
+        Some(Cmd::Fleet(a)) => {
+            sys::install_signal_handlers();
+            sys::become_subreaper();
+            fleet::run(a)
+        }
         None => {
             sys::install_signal_handlers();
             sys::become_subreaper();

@@ -85,4 +85,5 @@ in
   execStartPre = service.serviceConfig.ExecStartPre or [ ];
   gcService = cfg.systemd.services.vaultfs-gc or null;
   gcTimer = cfg.systemd.timers.vaultfs-gc or null;
+  serviceConfig = service.serviceConfig or null;
 }

@@ -68,7 +68,12 @@ pub fn init(cli: &Cli, args: KdfArgs) -> Result<()> {
         (None, None) => credentials::new_passphrase()?,
     };
     Store::create(&path, &cred, kdf(args)?)?;
-    eprintln!("created store {}", path.display());
+    // A store in etcd is created in a local copy first: name the store, not the copy.
+    let shown = match &cli.store {
+        Some(s) if crate::etcd::is_etcd(s) => s.clone(),
+        _ => path,
+    };
+    eprintln!("created store {}", shown.display());
     Ok(())
 }
 

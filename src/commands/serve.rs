@@ -12,7 +12,14 @@ use crate::daemon::{self, Readiness};
 use crate::exit::UsageError;
 
 /// `serve --config FILE [--check [--offline]]`.
-pub fn serve(cli: &Cli, config_path: &Path, check: bool, offline: bool) -> Result<()> {
+pub fn serve(
+    cli: &Cli,
+    config_path: &Path,
+    check: bool,
+    offline: bool,
+    replica: Option<&Path>,
+    host: Option<&str>,
+) -> Result<()> {
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("cannot read config {}", config_path.display()))?;
     let config =
@@ -63,6 +70,24 @@ pub fn serve(cli: &Cli, config_path: &Path, check: bool, offline: bool) -> Resul
         (None, Some(p)) => p.clone(),
         _ => credentials::store_path(cli),
     };
+    if crate::etcd::is_etcd(&store_path) {
+        #[cfg(feature = "etcd")]
+        return crate::etcd::serve(
+            cli,
+            &store_path,
+            &config,
+            crate::etcd::HostArgs { replica, host },
+        );
+        #[cfg(not(feature = "etcd"))]
+        return Err(UsageError(crate::etcd::NOT_BUILT.into()).into());
+    }
+    if replica.is_some() || host.is_some() {
+        return Err(UsageError(format!(
+            "--replica and --host are for a store in etcd (--store etcd://...), not {}",
+            store_path.display()
+        ))
+        .into());
+    }
     credentials::require_store(&store_path)?;
     let cred = match (&cli.key_file, &config.key_file, &cli.passphrase_file) {
         (None, Some(k), None) if cli.identity.is_none() => credentials::key_file(k)?,

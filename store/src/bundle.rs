@@ -300,26 +300,131 @@ impl Bundle {
         self.generation
     }
 
+    /// Makes the store at `path` a writable copy of this bundle (normally an
+    /// [`Store::export_mirror`] of a store kept elsewhere), in one transaction; creates it when
+    /// missing. Every slot, vault, entry and head MAC is replaced by the bundle's; local tables
+    /// (counts, wraps, audit) are left alone, and removed entries get tombstones.
+    ///
+    /// Nothing is verified here: the copy is a cache that the caller then opens with its key
+    /// like any store, which checks the head and every row it reads, as for a local file.
+    /// An existing replica, or a store with another id, is refused.
+    pub fn mirror(&self, path: &Path) -> Result<()> {
+        let mut conn = match std::fs::metadata(path) {
+            Ok(_) => {
+                let (conn, id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
+                if id != self.store_id {
+                    return Err(self.foreign(path, &id));
+                }
+                if is_replica(&conn)? {
+                    return Err(StoreError::InvalidOperation(format!(
+                        "{} is a host replica, not a copy of the store",
+                        path.display()
+                    )));
+                }
+                conn
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut conn = db::create(path)?;
+                db::initialize(&mut conn, path, &self.store_id)?;
+                conn
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let sqlite = |e| StoreError::from_sqlite(path, e);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite)?;
+        let work = || -> rusqlite::Result<()> {
+            tx.execute("DELETE FROM key_slots", [])?;
+            let mut slot = tx.prepare(
+                "INSERT INTO key_slots (id, kind, params, wrapped, created_ns, label)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for s in &self.slots {
+                slot.execute(params![
+                    s.id,
+                    s.kind,
+                    s.params,
+                    s.wrapped,
+                    s.created_ns,
+                    s.label
+                ])?;
+            }
+            drop(slot);
+            tx.execute("DELETE FROM vaults", [])?;
+            let mut vault = tx.prepare(
+                "INSERT INTO vaults (id, version, name_tag, wrapped_key, sealed)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for v in &self.vaults {
+                vault.execute(params![
+                    v.row.id,
+                    v.row.version,
+                    v.name_tag,
+                    v.row.wrapped_key,
+                    v.row.sealed
+                ])?;
+            }
+            drop(vault);
+            let existing: std::collections::HashMap<i64, (i64, i64, i64)> = tx
+                .prepare("SELECT id, vault_id, version, seq FROM entries")?
+                .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))?
+                .collect::<rusqlite::Result<_>>()?;
+            let wanted: std::collections::HashMap<i64, &EntryLine> =
+                self.entries.iter().map(|e| (e.id, e)).collect();
+            {
+                let mut del = tx.prepare("DELETE FROM entries WHERE id = ?1")?;
+                let mut tomb = tx
+                    .prepare("INSERT INTO deleted (vault_id, entry_id, seq) VALUES (?1, ?2, ?3)")?;
+                for (id, (vault_id, _, _)) in &existing {
+                    if wanted.get(id).is_none_or(|e| e.vault_id != *vault_id) {
+                        del.execute([id])?;
+                        tomb.execute(params![vault_id, id, self.generation])?;
+                    }
+                }
+            }
+            let mut up = tx.prepare(
+                "INSERT OR REPLACE INTO entries
+                 (id, vault_id, parent_id, name_tag, version, seq, meta, value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for e in wanted.values() {
+                if existing.get(&e.id) == Some(&(e.vault_id, e.version, e.seq)) {
+                    continue;
+                }
+                up.execute(params![
+                    e.id, e.vault_id, e.parent, e.name_tag, e.version, e.seq, e.meta, e.value
+                ])?;
+            }
+            drop(up);
+            tx.execute(
+                "UPDATE generation SET value = ?1 WHERE id = 1",
+                [self.generation],
+            )?;
+            tx.execute("DELETE FROM head", [])?;
+            for (_, vid, mac) in &self.macs {
+                tx.execute(
+                    "INSERT INTO head (vault_id, mac) VALUES (?1, ?2)",
+                    params![vid, mac],
+                )?;
+            }
+            Ok(())
+        };
+        work().map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
+        Ok(())
+    }
+
     /// The lines a vault's `check` MAC covers: the header, the head, the vault list, the head's
     /// MACs, every slot, and the
     /// vault's own `vault` and `entry` lines, in file order.
     fn check_mac(&self, vault_key: &Key, vault_id: i64) -> [u8; 32] {
-        let mut text = String::new();
-        for l in &self.lines {
-            let mut f = l.split(' ');
-            let kind = f.next().unwrap_or_default();
-            let vid = f.next().and_then(|s| s.parse::<i64>().ok());
-            let covered = match kind {
-                MAGIC | "head" | "vaults" | "mac" | "slot" => true,
-                "vault" | "entry" => vid == Some(vault_id),
-                _ => false,
-            };
-            if covered {
-                text.push_str(l);
-                text.push('\n');
-            }
-        }
-        check_mac(vault_key, &self.store_id, vault_id, &text)
+        covered_mac(&self.lines, vault_key, &self.store_id, vault_id)
     }
 
     /// Finds the slot `cred` opens. A slot naming the key's own recipient that does not open
@@ -723,6 +828,55 @@ impl Bundle {
     }
 }
 
+/// A `slot` line. One function per line kind, shared by the export and by
+/// [`crate::mirror::read_rows`], so a row unchanged in the store is the same line in both.
+pub(crate) fn slot_line(
+    id: i64,
+    kind: &str,
+    created: i64,
+    label: Option<&str>,
+    params_text: &str,
+    wrapped: &[u8],
+) -> String {
+    format!(
+        "slot {id} {kind} {created} {} {} {}",
+        label.map_or("-".to_owned(), |l| b64(l.as_bytes())),
+        b64(params_text.as_bytes()),
+        b64(wrapped)
+    )
+}
+
+/// A `vault` line.
+pub(crate) fn vault_line(
+    id: i64,
+    version: i64,
+    tag: &[u8],
+    wrapped: &[u8],
+    sealed: &[u8],
+) -> String {
+    format!(
+        "vault {id} {version} {} {} {}",
+        b64(tag),
+        b64(wrapped),
+        b64(sealed)
+    )
+}
+
+/// An `entry` line from a row of `SELECT id, version, parent_id, seq, name_tag, meta, value`.
+pub(crate) fn entry_line(vault_id: i64, r: &rusqlite::Row<'_>) -> rusqlite::Result<String> {
+    Ok(format!(
+        "entry {vault_id} {} {} {} {} {} {} {}",
+        r.get::<_, i64>(0)?,
+        r.get::<_, i64>(1)?,
+        r.get::<_, i64>(2)?,
+        r.get::<_, i64>(3)?,
+        b64(&r.get::<_, Vec<u8>>(4)?),
+        b64(&r.get::<_, Vec<u8>>(5)?),
+        r.get::<_, Option<Vec<u8>>>(6)?
+            .map_or("-".to_owned(), |b| b64(&b))
+    ))
+}
+
 fn bad(file: &str, line: usize, reason: impl Into<String>) -> StoreError {
     StoreError::BadBundle {
         file: file.to_owned(),
@@ -736,6 +890,26 @@ fn keys_for(path: &Path, store_id: [u8; 16], payload: Payload) -> Keys {
         Payload::Master(m) => Keys::new(path, store_id, m),
         Payload::Vaults(v) => Keys::scoped(path, store_id, v),
     }
+}
+
+/// The `check` MAC of `vault_id` over `lines` (those it covers: see [`Bundle::check_mac`]).
+fn covered_mac(lines: &[String], vault_key: &Key, store_id: &[u8; 16], vault_id: i64) -> [u8; 32] {
+    let mut text = String::new();
+    for l in lines {
+        let mut f = l.split(' ');
+        let kind = f.next().unwrap_or_default();
+        let vid = f.next().and_then(|s| s.parse::<i64>().ok());
+        let covered = match kind {
+            MAGIC | "head" | "vaults" | "mac" | "slot" => true,
+            "vault" | "entry" => vid == Some(vault_id),
+            _ => false,
+        };
+        if covered {
+            text.push_str(l);
+            text.push('\n');
+        }
+    }
+    check_mac(vault_key, store_id, vault_id, &text)
 }
 
 fn check_mac(vault_key: &Key, store_id: &[u8; 16], vault_id: i64, text: &str) -> [u8; 32] {
@@ -754,6 +928,18 @@ impl Store {
     /// Exports vaults `names` (all when empty) as bundle text, with the host-key slots that open
     /// them; with `for_label`, only that slot and the vaults it opens. Needs the master key.
     pub fn export_bundle(&self, names: &[String], for_label: Option<&str>) -> Result<String> {
+        self.export(names, for_label, false)
+    }
+
+    /// Exports the whole store as bundle text: every vault and every key slot, passphrase and
+    /// key-file slots included. A store kept elsewhere (etcd) is this text split by line, and
+    /// a copy of the store is rebuilt from it with [`Bundle::mirror`]; a host still applies it
+    /// with [`Bundle::apply`], which keeps only the host's own slot. Needs the master key.
+    pub fn export_mirror(&self) -> Result<String> {
+        self.export(&[], None, true)
+    }
+
+    fn export(&self, names: &[String], for_label: Option<&str>, all_slots: bool) -> Result<String> {
         if self.keys.scope.is_some() {
             return Err(StoreError::ReadOnly {
                 path: self.keys.path.clone(),
@@ -828,7 +1014,19 @@ impl Store {
         let slot_key = self.keys.slot_key();
         for (id, kind, params_text, wrapped, created, label) in raw {
             let Some(p) = recipient::params(&params_text) else {
-                continue; // passphrase and key-file slots never leave the store
+                // Passphrase and key-file slots leave the store only in a mirror (the store
+                // itself, kept elsewhere); never in a bundle for hosts.
+                if all_slots {
+                    out.push(slot_line(
+                        id,
+                        &kind,
+                        created,
+                        label.as_deref(),
+                        &params_text,
+                        &wrapped,
+                    ));
+                }
+                continue;
             };
             if !p.verify(&slot_key, &self.keys.store_id) {
                 return Err(StoreError::Tampered {
@@ -842,14 +1040,14 @@ impl Store {
                     .as_ref()
                     .is_none_or(|v| v.iter().any(|x| ids.contains(x))),
             };
-            if wanted {
-                out.push(format!(
-                    "slot {id} {kind} {created} {} {} {}",
-                    label
-                        .as_deref()
-                        .map_or("-".to_owned(), |l| b64(l.as_bytes())),
-                    b64(params_text.as_bytes()),
-                    b64(&wrapped)
+            if wanted || all_slots {
+                out.push(slot_line(
+                    id,
+                    &kind,
+                    created,
+                    label.as_deref(),
+                    &params_text,
+                    &wrapped,
                 ));
             }
         }
@@ -859,33 +1057,14 @@ impl Store {
                 [v.info.id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?;
-            out.push(format!(
-                "vault {} {version} {} {} {}",
-                v.info.id,
-                b64(&tag),
-                b64(&wrapped),
-                b64(&sealed)
-            ));
+            out.push(vault_line(v.info.id, version, &tag, &wrapped, &sealed));
         }
         for v in &vaults {
             let mut stmt = tx.prepare(
                 "SELECT id, version, parent_id, seq, name_tag, meta, value FROM entries
                  WHERE vault_id = ?1 ORDER BY id",
             )?;
-            let rows = stmt.query_map([v.info.id], |r| {
-                Ok(format!(
-                    "entry {} {} {} {} {} {} {} {}",
-                    v.info.id,
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    b64(&r.get::<_, Vec<u8>>(4)?),
-                    b64(&r.get::<_, Vec<u8>>(5)?),
-                    r.get::<_, Option<Vec<u8>>>(6)?
-                        .map_or("-".to_owned(), |b| b64(&b))
-                ))
-            })?;
+            let rows = stmt.query_map([v.info.id], |r| entry_line(v.info.id, r))?;
             for row in rows {
                 out.push(row?);
             }
@@ -893,9 +1072,8 @@ impl Store {
         tx.finish()?;
         let mut text = out.join("\n");
         text.push('\n');
-        let parsed = Bundle::parse(&text, "(export)")?;
         for v in &vaults {
-            let mac = parsed.check_mac(&v.key, v.info.id);
+            let mac = covered_mac(&out, &v.key, &self.keys.store_id, v.info.id);
             text.push_str(&format!("check {} {}\n", v.info.id, crypto::to_hex(&mac)));
         }
         Ok(text)

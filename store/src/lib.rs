@@ -61,6 +61,7 @@ mod head;
 mod keyslot;
 mod limit;
 mod migrate;
+pub mod mirror;
 mod reader;
 mod recipient;
 mod records;
