@@ -1284,3 +1284,109 @@ fn tls_client_certificates_and_an_etcd_user_scoped_to_the_prefix_with_expiring_t
         eprintln!("{what}: {line}");
     }
 }
+
+/// A `vaultfs import` whose every transaction would overwrite existing rows.
+fn bulk(tag: &str, n: usize) -> Vec<u8> {
+    let doc: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| (format!("k{i:03}"), serde_json::json!(format!("{tag}-{i}"))))
+        .collect();
+    serde_json::to_vec(&doc).unwrap()
+}
+
+#[test]
+fn a_batched_write_killed_between_its_transactions_loses_no_secret() {
+    if !fleet_ready() {
+        return;
+    }
+    let fleet = Fleet::store_only();
+    let v = fleet.vault.clone();
+    const N: usize = 900;
+    let out = fleet.admin.run(
+        &["import", "--format", "json", &format!("{v}:/bulk")],
+        &bulk("old", N),
+    );
+    assert_success(&out, &["import"]);
+    let pending = format!("{}/pending", fleet.prefix);
+    // A second import overwrites every one of them in several transactions; it is killed as
+    // soon as etcd reports its first one (the one that puts the batch marker). A writer fast
+    // enough to finish first is simply run again.
+    let mut killed = false;
+    for _ in 0..5 {
+        let mut watch = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", fleet.cluster.endpoints()))
+            .args(["watch", &pending])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl watch");
+        // Let the watch register before the writer starts.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut writer = fleet
+            .admin
+            .cmd()
+            .args(["import", "--format", "json", &format!("{v}:/bulk")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("vaultfs import");
+        let mut input = writer.stdin.take().unwrap();
+        std::io::Write::write_all(&mut input, &bulk("new", N)).unwrap();
+        drop(input);
+        let stdout = watch.stdout.take().unwrap();
+        let saw_put = within(Duration::from_secs(30), "the batch marker", move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l == "PUT")
+        });
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(writer.id() as i32, libc::SIGKILL) };
+        let status = writer.wait().unwrap();
+        let _ = watch.kill();
+        let _ = watch.wait();
+        assert!(saw_put, "the import never put its batch marker");
+        if !status.success() {
+            killed = true;
+            break;
+        }
+    }
+    assert!(
+        killed,
+        "the import finished before it could be killed, 5 times"
+    );
+    // The marker's lease would free the store within a minute; revoke it as its expiry would.
+    let leases = String::from_utf8(fleet.cluster.etcdctl_ok(&["lease", "list"], b"")).unwrap();
+    for id in leases.lines().filter_map(|l| l.split_whitespace().next()) {
+        if id.chars().all(|c| c.is_ascii_hexdigit()) {
+            fleet.cluster.etcdctl_ok(&["lease", "revoke", id], b"");
+        }
+    }
+    // The dead import never committed: the next write builds on the state the head covers,
+    // puts back what the dead one overwrote, and every secret reads its old value, whole.
+    fleet.admin.write(&fleet.addr("/after"), b"after-1");
+    assert_eq!(fleet.admin.cat(&fleet.addr("/after")), b"after-1");
+    let listed = fleet.admin.ok_text(&["ls", &fleet.addr("/bulk")]);
+    assert_eq!(listed.lines().count(), N, "{listed}");
+    for i in (0..N).step_by(7) {
+        assert_eq!(
+            fleet.admin.cat(&fleet.addr(&format!("/bulk/k{i:03}"))),
+            format!("old-{i}").as_bytes()
+        );
+    }
+    // etcd itself holds that state again: a copy built afresh from it agrees, and a host
+    // replica built from it serves it.
+    let fresh = fleet.admin.path("fresh-cache");
+    let out = run_command(
+        fleet
+            .admin
+            .cmd()
+            .env("VAULTFS_CACHE_DIR", &fresh)
+            .args(["cat", &fleet.addr("/bulk/k001")]),
+        b"",
+    );
+    assert_success(&out, &["cat from a fresh copy"]);
+    assert_eq!(out.stdout, b"old-1");
+}

@@ -48,6 +48,10 @@ struct Synced {
     /// Row keys in etcd left by an unfinished batched write (newer than the head): deleted by
     /// the next write.
     orphans: Vec<String>,
+    /// What etcd holds now, when it differs from the state the head covers (a batched write
+    /// died after overwriting rows, and the copy was rebuilt from etcd's history at the head):
+    /// the next write diffs against this, so it puts back what the dead write overwrote.
+    etcd_rows: Option<BTreeMap<String, String>>,
     /// The text read from etcd, when the copy was rebuilt from it: verified before a write
     /// builds on it, so a row edited in etcd is never sealed into a new head.
     text: Option<String>,
@@ -68,6 +72,16 @@ pub fn run(
     std::env::set_var("VAULTFS_STATE_DIR", &state);
     credentials::override_store_path(cache.clone());
     let _lock = lock_copy(&cache)?;
+    // Set while a command may have changed the copy and etcd has not taken the change yet: a
+    // command killed in between leaves the copy ahead of etcd (its own head state raised with
+    // it), so the next one rebuilds the copy from etcd instead of building on it.
+    let dirty = with_suffix(&cache, ".dirty");
+    if dirty.exists() {
+        tracing::debug!(
+            "etcd: the last command stopped before etcd took its change; rebuilding the copy"
+        );
+        discard(&cache);
+    }
     let is_init = matches!(cli.command, Command::Init { .. });
     let stdin = capture_stdin(&cli.command)?;
     let mut conn = Conn::open(url, opts)?;
@@ -81,6 +95,7 @@ pub fn run(
         };
         let before = read_rows(&cache)?;
         tracing::debug!("etcd: rows read in {:?}", t0.elapsed());
+        write_small(&dirty, "").with_context(|| format!("cannot write {}", dirty.display()))?;
         let result = inner(cli);
         tracing::debug!("etcd: command ran in {:?}", t0.elapsed());
         let after = read_rows(&cache)?;
@@ -90,6 +105,7 @@ pub fn run(
             _ => false,
         };
         if same {
+            let _ = std::fs::remove_file(&dirty);
             // The command opened the copy and so verified its head: the floor may rise.
             if let (Ok(_), Some(rows)) = (&result, &after) {
                 Floor::new(&cache).raise(rows.generation);
@@ -102,6 +118,7 @@ pub fn run(
                 generation,
                 batches,
             }) => {
+                let _ = std::fs::remove_file(&dirty);
                 Floor::new(&cache).raise(generation);
                 if batches > 1 {
                     eprintln!(
@@ -239,7 +256,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Drops the copy (and what belongs to it), so the next command rebuilds it from etcd.
 fn discard(cache: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal", ".rev", ".signal"] {
+    for suffix in ["", "-wal", "-shm", "-journal", ".rev", ".signal", ".dirty"] {
         let _ = std::fs::remove_file(with_suffix(cache, suffix));
     }
     let _ = std::fs::remove_dir_all(with_suffix(cache, ".state"));
@@ -301,6 +318,7 @@ fn sync_cache(
         return Ok(Some(Synced {
             head_rev: 0,
             orphans: vec![],
+            etcd_rows: None,
             text: None,
         }));
     };
@@ -325,6 +343,7 @@ fn sync_cache(
             return Ok(Some(Synced {
                 head_rev: head.mod_revision,
                 orphans: vec![],
+                etcd_rows: None,
                 text: None,
             }));
         }
@@ -358,13 +377,41 @@ fn sync_cache(
         }
         .into());
     }
-    let orphans: Vec<String> = rows
+    let mut orphans: Vec<String> = rows
         .iter()
         .filter(|(_, line)| mirror::entry_seq(line).is_some_and(|seq| seq > generation))
         .map(|(k, _)| k.clone())
         .collect();
-    for k in &orphans {
-        rows.remove(k);
+    let mut etcd_rows = None;
+    if !orphans.is_empty() {
+        // A batched write died between its transactions (its marker's lease ran out). Rows it
+        // put are newer than the head, and a row it overwrote lost the value the head still
+        // covers: dropping the newer rows alone would drop that entry. The state the head
+        // covers is in etcd's own history at the head's revision (the head and the last batch
+        // commit together): build on it, and diff the next write against what etcd holds now.
+        match conn.range_all_at(&url.root(), head_rev) {
+            Ok((_, at_head)) => {
+                tracing::warn!(
+                    "etcd: {url}: an unfinished batched write left {} rows; the next write puts back the state the head covers",
+                    orphans.len()
+                );
+                let now = std::mem::take(&mut rows);
+                rows = at_head
+                    .into_iter()
+                    .filter_map(|kv| Some((url.row_of(&kv.key)?.to_owned(), kv.value)))
+                    .collect();
+                etcd_rows = Some(now);
+                // The diff against what etcd holds deletes them.
+                orphans.clear();
+            }
+            Err(e) => {
+                // Compacted past the head: only the newer rows can be told apart.
+                tracing::debug!("etcd: the head's revision is no longer readable: {e:#}");
+                for k in &orphans {
+                    rows.remove(k);
+                }
+            }
+        }
     }
     let (text, keys) = mirror::assemble(
         &head_text,
@@ -395,6 +442,7 @@ fn sync_cache(
     Ok(Some(Synced {
         head_rev,
         orphans,
+        etcd_rows,
         text: Some(text),
     }))
 }
@@ -429,7 +477,10 @@ fn push(
     drop(store);
     let (head, rows) = mirror::split(&text);
     let empty = BTreeMap::new();
-    let old = before.map_or(&empty, |b| &b.lines);
+    let old = match &synced.etcd_rows {
+        Some(now) => now,
+        None => before.map_or(&empty, |b| &b.lines),
+    };
     let mut ops: Vec<(String, Option<String>)> = Vec::new();
     for (k, line) in &rows {
         if old.get(k) != Some(line) {

@@ -174,9 +174,20 @@ pub async fn range_all(
     timeout: Duration,
     from: &str,
 ) -> Result<(i64, Vec<Kv>)> {
+    range_all_at(client, url, timeout, from, 0).await
+}
+
+/// [`range_all`] as of `at` (0: now): etcd's history until a compaction removes it.
+pub async fn range_all_at(
+    client: &mut Client,
+    url: &EtcdUrl,
+    timeout: Duration,
+    from: &str,
+    at: i64,
+) -> Result<(i64, Vec<Kv>)> {
     let end = prefix_end(from);
     let mut start = from.as_bytes().to_vec();
-    let mut revision = 0;
+    let mut revision = at;
     let mut out = Vec::new();
     let mut page = FIRST_PAGE;
     loop {
@@ -319,9 +330,14 @@ impl Conn {
 
     /// Every key under `from`.
     pub fn range_all(&mut self, from: &str) -> Result<(i64, Vec<Kv>)> {
+        self.range_all_at(from, 0)
+    }
+
+    /// Every key under `from` as of revision `at` (0: now).
+    pub fn range_all_at(&mut self, from: &str, at: i64) -> Result<(i64, Vec<Kv>)> {
         let (url, timeout) = (self.url.clone(), self.timeout);
         self.rt
-            .block_on(range_all(&mut self.client, &url, timeout, from))
+            .block_on(range_all_at(&mut self.client, &url, timeout, from, at))
     }
 }
 
