@@ -467,7 +467,13 @@ fn push(
         if read.lines().any(|l| l.starts_with("vault ")) {
             Bundle::parse(read, &url.to_string())
                 .and_then(|b| b.show(Some(&cred)))
-                .map_err(|e| anyhow!("etcd: tamper: the store at {url} does not verify ({e}); nothing was written"))?;
+                .map_err(|e| {
+                    // Kept as the store's error, so a tampered store exits 3 as a local one does.
+                    let what = if e.is_tamper() { "tamper: " } else { "" };
+                    anyhow::Error::new(e).context(format!(
+                        "etcd: {what}the store at {url} does not verify; nothing was written"
+                    ))
+                })?;
         }
     }
     let t0 = std::time::Instant::now();

@@ -122,6 +122,13 @@ pub async fn connect(url: &EtcdUrl, opts: &EtcdOptions) -> Result<Client> {
             Ok(None) | Err(_) => break,
         }
     }
+    // A member that wants a client certificate ends the handshake without saying why, and
+    // the client reports that only as a transport error or a cancelled operation.
+    if url.tls && opts.cert.is_none() && (last.contains("canceled") || last.contains("transport")) {
+        last.push_str(
+            " (if the members require a client certificate, pass --etcd-cert and --etcd-key)",
+        );
+    }
     Err(unreachable(url, &last))
 }
 
