@@ -1397,3 +1397,34 @@ fn a_batched_write_killed_between_its_transactions_loses_no_secret() {
     assert_success(&out, &["cat from a fresh copy"]);
     assert_eq!(out.stdout, b"old-1");
 }
+
+#[test]
+fn env_against_etcd_gives_its_program_the_users_own_state_directory() {
+    if !fleet_ready() {
+        return;
+    }
+    let fleet = Fleet::store_only();
+    fleet.admin.write(&fleet.addr("/TOKEN"), b"tok-1\n");
+    let out = fleet.admin.run(
+        &[
+            "env",
+            &fleet.addr("/TOKEN"),
+            "--",
+            "sh",
+            "-c",
+            "printf '%s|%s' \"$TOKEN\" \"$VAULTFS_STATE_DIR\"",
+        ],
+        b"",
+    );
+    assert_success(&out, &["env"]);
+    let own = fleet.admin.dir.path().join("state");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("tok-1|{}", own.display()),
+        "the program must see the secret and the state directory it was started with, not \
+         the etcd copy's"
+    );
+    // And the store works on after `env` replaced itself with its program.
+    fleet.admin.write(&fleet.addr("/TOKEN"), b"tok-2\n");
+    assert_eq!(fleet.admin.cat(&fleet.addr("/TOKEN")), b"tok-2\n");
+}

@@ -103,6 +103,7 @@ fn command_with(
     let (program, args) = command.split_first().expect("clap requires a command");
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
+    crate::etcd::restore_child_env(&mut cmd);
     for (name, value) in vars {
         if value.expose().contains(&0) {
             usage!("secret for {name} holds a NUL byte, which an environment variable cannot");

@@ -69,6 +69,7 @@ pub fn run(
     // raised it, and must not make the next command see etcd's head as a rollback. The floor
     // that counts for etcd is kept by this module ([`Floor`]).
     let state = with_suffix(&cache, ".state");
+    super::remember_state_dir();
     std::env::set_var("VAULTFS_STATE_DIR", &state);
     credentials::override_store_path(cache.clone());
     let _lock = lock_copy(&cache)?;
@@ -95,7 +96,15 @@ pub fn run(
         };
         let before = read_rows(&cache)?;
         tracing::debug!("etcd: rows read in {:?}", t0.elapsed());
-        write_small(&dirty, "").with_context(|| format!("cannot write {}", dirty.display()))?;
+        // Commands that change no replicated row need no marker; `env` never returns to
+        // remove one (it execs its program).
+        let read_only = matches!(
+            cli.command,
+            Command::Cat { .. } | Command::Ls { .. } | Command::Env { .. }
+        );
+        if !read_only {
+            write_small(&dirty, "").with_context(|| format!("cannot write {}", dirty.display()))?;
+        }
         let result = inner(cli);
         tracing::debug!("etcd: command ran in {:?}", t0.elapsed());
         let after = read_rows(&cache)?;

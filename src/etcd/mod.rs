@@ -103,6 +103,28 @@ fn run(_: &Cli, _: &EtcdUrl, _: impl Fn(&Cli) -> Result<ExitCode>) -> Result<Exi
     Err(UsageError(NOT_BUILT.into()).into())
 }
 
+/// The `VAULTFS_STATE_DIR` this process was started with, kept when a command against an etcd
+/// store points it at its local copy's state: a program that `env` runs gets the user's own.
+static STARTED_STATE_DIR: std::sync::OnceLock<Option<std::ffi::OsString>> =
+    std::sync::OnceLock::new();
+
+/// Remembers the state directory the process was started with (before the etcd backend
+/// points it elsewhere).
+#[cfg(feature = "etcd")]
+fn remember_state_dir() {
+    let _ = STARTED_STATE_DIR.set(std::env::var_os("VAULTFS_STATE_DIR"));
+}
+
+/// Gives a child process the state directory this process was started with, when a command
+/// against an etcd store changed it for its local copy.
+pub fn restore_child_env(cmd: &mut std::process::Command) {
+    match STARTED_STATE_DIR.get() {
+        Some(Some(dir)) => cmd.env("VAULTFS_STATE_DIR", dir),
+        Some(None) => cmd.env_remove("VAULTFS_STATE_DIR"),
+        None => cmd,
+    };
+}
+
 /// `fleet status`.
 pub fn fleet(cli: &Cli, cmd: &FleetCommand) -> Result<()> {
     let url = match url_of(cli) {
