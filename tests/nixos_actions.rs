@@ -58,7 +58,11 @@ pub(crate) fn nixpkgs_lib() -> Option<PathBuf> {
     .clone()
 }
 
-fn can_eval() -> bool {
+/// The package path the stand-in `pkgs` of `nixos/tests/real-lib.nix` gives vaultfs.
+pub const PACKAGE: &str = "/nix/store/00000000000000000000000000000000-vaultfs";
+
+/// Whether the module can be evaluated here (nix-instantiate and a nixpkgs lib).
+pub fn can_eval() -> bool {
     let nix = Command::new("nix-instantiate")
         .arg("--version")
         .output()
@@ -76,7 +80,7 @@ fn can_eval() -> bool {
 
 /// Evaluates the module with `settings` as `services.vaultfs`, on a system that also defines
 /// `services` (systemd.services names).
-fn eval(settings: &Value, services: &[&str]) -> Result<Value, String> {
+pub fn eval(settings: &Value, services: &[&str]) -> Result<Value, String> {
     let out = Command::new("nix-instantiate")
         .args(["--eval", "--strict", "--json"])
         .arg(repo().join("nixos/tests/real-lib.nix"))

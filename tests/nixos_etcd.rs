@@ -2,44 +2,13 @@
 //! and merging, through `nixos/tests/real-lib.nix`): the daemon and the gc unit reach exactly
 //! the endpoints, and a mistyped option is an evaluation error naming it.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use serde_json::{json, Value};
 
-use crate::common::requirement;
-use crate::nixos_actions::nixpkgs_lib;
+use crate::nixos_actions::{can_eval, PACKAGE};
 
-const PACKAGE: &str = "/nix/store/00000000000000000000000000000000-vaultfs";
-
-fn can_eval() -> bool {
-    let nix = Command::new("nix-instantiate")
-        .arg("--version")
-        .output()
-        .is_ok();
-    requirement(nix, "nix", "nix-instantiate is not available")
-        && requirement(
-            nixpkgs_lib().is_some(),
-            "nix",
-            "the nixpkgs lib was not found",
-        )
-}
-
+/// Evaluates the module with `settings` as `services.vaultfs`.
 fn eval(settings: &Value) -> Result<Value, String> {
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json"])
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nixos/tests/real-lib.nix"))
-        .arg("--arg")
-        .arg("libPath")
-        .arg(nixpkgs_lib().unwrap())
-        .args(["--argstr", "settingsJSON", &settings.to_string()])
-        .env("NIX_REMOTE", "dummy://")
-        .output()
-        .expect("run nix-instantiate");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(serde_json::from_slice(&out.stdout).expect("JSON"))
+    crate::nixos_actions::eval(settings, &[])
 }
 
 fn sample() -> Value {
@@ -191,7 +160,7 @@ fn the_units_execstart_serves_a_replica_from_a_real_etcd_cluster() {
         );
     let argv: Vec<&str> = exec_start.split_whitespace().collect();
     let log = dir.join("serve.log");
-    let mut child = Command::new(argv[0])
+    let mut child = std::process::Command::new(argv[0])
         .args(&argv[1..])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

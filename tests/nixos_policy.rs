@@ -1,45 +1,14 @@
 //! The NixOS module's grants and expiry gc (issue 13), evaluated with the real nixpkgs `lib`
 //! through `nixos/tests/real-lib.nix`; the generated grant command is run against a real store.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use serde_json::{json, Value};
 
-use crate::common::{requirement, TestStore};
-use crate::nixos_actions::nixpkgs_lib;
-
-const PACKAGE: &str = "/nix/store/00000000000000000000000000000000-vaultfs";
-
-fn can_eval() -> bool {
-    let nix = Command::new("nix-instantiate")
-        .arg("--version")
-        .output()
-        .is_ok();
-    requirement(nix, "nix", "nix-instantiate is not available")
-        && requirement(
-            nixpkgs_lib().is_some(),
-            "nix",
-            "the nixpkgs lib was not found",
-        )
-}
+use crate::common::TestStore;
+use crate::nixos_actions::{can_eval, PACKAGE};
 
 /// Evaluates the module with `settings` as `services.vaultfs`.
 fn eval(settings: &Value) -> Result<Value, String> {
-    let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json"])
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nixos/tests/real-lib.nix"))
-        .arg("--arg")
-        .arg("libPath")
-        .arg(nixpkgs_lib().unwrap())
-        .args(["--argstr", "settingsJSON", &settings.to_string()])
-        .env("NIX_REMOTE", "dummy://")
-        .output()
-        .expect("run nix-instantiate");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(serde_json::from_slice(&out.stdout).expect("JSON"))
+    crate::nixos_actions::eval(settings, &[])
 }
 
 fn sample(store: &str) -> Value {
