@@ -300,6 +300,29 @@ impl Bundle {
         self.generation
     }
 
+    /// Opens the store at `path` for writing, refusing one with another store id, or creates
+    /// it (empty, with this bundle's store id) when missing; also says which it did.
+    fn open_or_create(&self, path: &Path) -> Result<(rusqlite::Connection, bool)> {
+        match std::fs::metadata(path) {
+            Ok(_) => {
+                let (conn, id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
+                if id != self.store_id {
+                    return Err(self.foreign(path, &id));
+                }
+                Ok((conn, false))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut conn = db::create(path)?;
+                db::initialize(&mut conn, path, &self.store_id)?;
+                Ok((conn, true))
+            }
+            Err(source) => Err(StoreError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
     /// Makes the store at `path` a writable copy of this bundle (normally an
     /// [`Store::export_mirror`] of a store kept elsewhere), in one transaction; creates it when
     /// missing. Every slot, vault, entry and head MAC is replaced by the bundle's; local tables
@@ -309,32 +332,13 @@ impl Bundle {
     /// like any store, which checks the head and every row it reads, as for a local file.
     /// An existing replica, or a store with another id, is refused.
     pub fn mirror(&self, path: &Path) -> Result<()> {
-        let mut conn = match std::fs::metadata(path) {
-            Ok(_) => {
-                let (conn, id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
-                if id != self.store_id {
-                    return Err(self.foreign(path, &id));
-                }
-                if is_replica(&conn)? {
-                    return Err(StoreError::InvalidOperation(format!(
-                        "{} is a host replica, not a copy of the store",
-                        path.display()
-                    )));
-                }
-                conn
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut conn = db::create(path)?;
-                db::initialize(&mut conn, path, &self.store_id)?;
-                conn
-            }
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-        };
+        let (mut conn, created) = self.open_or_create(path)?;
+        if !created && is_replica(&conn)? {
+            return Err(StoreError::InvalidOperation(format!(
+                "{} is a host replica, not a copy of the store",
+                path.display()
+            )));
+        }
         let sqlite = |e| StoreError::from_sqlite(path, e);
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -661,27 +665,8 @@ impl Bundle {
             .state_dir
             .as_ref()
             .map(|d| StateFile::new(d, &self.store_id));
-        let mut conn = match std::fs::metadata(path) {
-            Ok(_) => {
-                let (conn, id) = db::open(path, db::WRITE_BUSY_TIMEOUT)?;
-                if id != self.store_id {
-                    return Err(self.foreign(path, &id));
-                }
-                conn
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut conn = db::create(path)?;
-                db::initialize(&mut conn, path, &self.store_id)?;
-                *created = true;
-                conn
-            }
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-        };
+        let (mut conn, made) = self.open_or_create(path)?;
+        *created = made;
         let sqlite = |e| StoreError::from_sqlite(path, e);
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
